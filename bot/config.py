@@ -1,0 +1,213 @@
+"""Settings, loaded once from the environment (and `.env`) and checked before anything starts.
+
+A wrong value fails fast with the variable's name and what is allowed. Secrets are wrapped in `Secret`, whose
+`repr`/`str` never show the value, so settings can be logged safely.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from dotenv import dotenv_values
+
+from bot.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+PROVIDER_NAMES = ("replicate", "bfl", "wavespeed", "local")
+
+
+class Secret:
+    """A credential: compares and hashes by value, prints as `Secret('***')`."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class ProviderSettings:
+    """Where one provider lives and how hard we may push it."""
+
+    name: str
+    base_url: str
+    api_key: Secret | None
+    max_concurrency: int
+
+
+@dataclass(frozen=True)
+class Settings:
+    discord_token: Secret | None
+    providers: Mapping[str, ProviderSettings]
+    default_provider: str
+    database_path: Path
+    max_attachment_bytes: int
+    max_image_pixels: int
+    poll_interval: float
+    job_deadline: float
+    history_days: int
+    log_level: str
+    dev_guild_id: int | None = None
+
+    @property
+    def available_providers(self) -> tuple[str, ...]:
+        """Providers with credentials, plus `local`, in a stable order."""
+        return tuple(
+            name
+            for name in PROVIDER_NAMES
+            if name == "local" or (name in self.providers and self.providers[name].api_key is not None)
+        )
+
+    def require_discord_token(self) -> Secret:
+        if self.discord_token is None:
+            raise ConfigError(
+                "DISCORD_TOKEN is not set: copy .env.example to .env and paste your bot token "
+                "(Discord Developer Portal → your application → Bot → Reset Token)."
+            )
+        return self.discord_token
+
+
+_DEFAULT_URLS = {
+    "replicate": "https://api.replicate.com/v1",
+    "bfl": "https://api.bfl.ai/v1",
+    "wavespeed": "https://api.wavespeed.ai/api/v3",
+    "local": "local:",
+}
+_KEY_VARS = {"replicate": "REPLICATE_API_TOKEN", "bfl": "BFL_API_KEY", "wavespeed": "WAVESPEED_API_KEY"}
+_URL_VARS = {"replicate": "REPLICATE_BASE_URL", "bfl": "BFL_BASE_URL", "wavespeed": "WAVESPEED_BASE_URL"}
+# BFL allows 24 active tasks per account; WaveSpeed's entry tier allows 2 (providers.md §3, §4).
+_DEFAULT_CONCURRENCY = {"replicate": 8, "bfl": 24, "wavespeed": 2, "local": 1}
+_CONCURRENCY_VARS = {
+    "replicate": "REPLICATE_MAX_CONCURRENCY",
+    "bfl": "BFL_MAX_CONCURRENCY",
+    "wavespeed": "WAVESPEED_MAX_CONCURRENCY",
+    "local": "LOCAL_MAX_CONCURRENCY",
+}
+
+
+class _Reader:
+    """Reads typed values from one mapping and names the variable in every error."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+
+    def text(self, name: str, default: str | None = None) -> str | None:
+        value = self.env.get(name, "").strip()
+        return value or default
+
+    def integer(self, name: str, default: int, *, minimum: int, maximum: int) -> int:
+        raw = self.text(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw.replace("_", ""))
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r} is not a whole number (allowed: {minimum}–{maximum}).") from None
+        if not minimum <= value <= maximum:
+            raise ConfigError(f"{name}={value} is out of range (allowed: {minimum}–{maximum}).")
+        return value
+
+    def number(self, name: str, default: float, *, minimum: float, maximum: float) -> float:
+        raw = self.text(name)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r} is not a number (allowed: {minimum}–{maximum}).") from None
+        if not minimum <= value <= maximum:
+            raise ConfigError(f"{name}={value} is out of range (allowed: {minimum}–{maximum}).")
+        return value
+
+    def secret(self, name: str) -> Secret | None:
+        raw = self.text(name)
+        if raw is None:
+            return None
+        if any(ch.isspace() for ch in raw):
+            raise ConfigError(f"{name} contains white space; paste the key alone, without quotes or spaces.")
+        return Secret(raw)
+
+    def url(self, name: str, default: str) -> str:
+        raw = self.text(name, default)
+        assert raw is not None
+        parts = urlsplit(raw)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"{name}={raw!r} is not an http(s) URL (example: {default}).")
+        if parts.query or parts.fragment:
+            raise ConfigError(f"{name}={raw!r} must not have a query or fragment (example: {default}).")
+        return raw.rstrip("/")
+
+
+def load_settings(env: Mapping[str, str] | None = None, *, env_file: str | os.PathLike[str] = ".env") -> Settings:
+    """Read settings from `env` (default: `.env` overlaid by the process environment)."""
+    if env is None:
+        file_values = {k: v for k, v in dotenv_values(env_file).items() if v is not None}
+        env = {**file_values, **os.environ}
+    read = _Reader(env)
+
+    providers: dict[str, ProviderSettings] = {}
+    for name in PROVIDER_NAMES:
+        key = read.secret(_KEY_VARS[name]) if name in _KEY_VARS else None
+        url = read.url(_URL_VARS[name], _DEFAULT_URLS[name]) if name in _URL_VARS else _DEFAULT_URLS[name]
+        limit = read.integer(_CONCURRENCY_VARS[name], _DEFAULT_CONCURRENCY[name], minimum=1, maximum=1000)
+        providers[name] = ProviderSettings(name=name, base_url=url, api_key=key, max_concurrency=limit)
+
+    available = [n for n in PROVIDER_NAMES if n == "local" or providers[n].api_key is not None]
+    default_provider = read.text("DEFAULT_PROVIDER", available[0])
+    assert default_provider is not None
+    default_provider = default_provider.lower()
+    if default_provider not in PROVIDER_NAMES:
+        raise ConfigError(
+            f"DEFAULT_PROVIDER={default_provider!r} is unknown (allowed: {', '.join(PROVIDER_NAMES)})."
+        )
+    if default_provider not in available:
+        raise ConfigError(
+            f"DEFAULT_PROVIDER={default_provider!r} has no key: set {_KEY_VARS[default_provider]} "
+            f"or choose one of {', '.join(available)}."
+        )
+
+    log_level = (read.text("LOG_LEVEL", "INFO") or "INFO").upper()
+    if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError(f"LOG_LEVEL={log_level!r} is unknown (allowed: DEBUG, INFO, WARNING, ERROR).")
+
+    guild = read.text("DISCORD_DEV_GUILD_ID")
+    if guild is not None and not guild.isdigit():
+        raise ConfigError(f"DISCORD_DEV_GUILD_ID={guild!r} must be a server id (digits only).")
+
+    return Settings(
+        discord_token=read.secret("DISCORD_TOKEN"),
+        providers=providers,
+        default_provider=default_provider,
+        database_path=Path(read.text("DATABASE_PATH", "fillbot.db") or "fillbot.db"),
+        max_attachment_bytes=read.integer(
+            "MAX_ATTACHMENT_BYTES", 20 * 1024 * 1024, minimum=64 * 1024, maximum=500 * 1024 * 1024
+        ),
+        max_image_pixels=read.integer(
+            "MAX_IMAGE_PIXELS", 40_000_000, minimum=65_536, maximum=200_000_000
+        ),
+        poll_interval=read.number("POLL_INTERVAL", 1.0, minimum=0.0, maximum=60.0),
+        job_deadline=read.number("JOB_DEADLINE", 600.0, minimum=5.0, maximum=3600.0),
+        history_days=read.integer("HISTORY_DAYS", 30, minimum=1, maximum=3650),
+        log_level=log_level,
+        dev_guild_id=int(guild) if guild else None,
+    )

@@ -1,0 +1,73 @@
+"""Picture handling for fill jobs: safe loading, masks, provider sizing, encoding, previews, compositing.
+
+Pure Pillow/NumPy/OpenCV code with no Discord imports; CPU-bound, so callers run it in a worker thread.
+"""
+
+from __future__ import annotations
+
+from bot.imaging.compositing import composite, fit_result
+from bot.imaging.encoding import (
+    MIME_TYPES,
+    PROVIDER_MIME,
+    encode,
+    encode_for_provider,
+    encode_mask,
+    fit_under,
+)
+from bot.imaging.loading import ACCEPTED, Limits, LoadedImage, load_image
+from bot.imaging.masks import (
+    MaskResult,
+    Region,
+    build_mask,
+    mask_from_alpha,
+    mask_from_attachment,
+    mask_from_region,
+    parse_region,
+    soften,
+)
+from bot.imaging.preview import PREVIEW_MIME, mask_preview
+from bot.imaging.sizing import (
+    BFL_FILL,
+    KONTEXT,
+    LOCAL,
+    REPLICATE_FILL,
+    WAVESPEED_FILL,
+    SizingRule,
+    replicate_output_size,
+    resize_for,
+    target_size,
+)
+
+__all__ = [
+    "ACCEPTED",
+    "BFL_FILL",
+    "KONTEXT",
+    "LOCAL",
+    "MIME_TYPES",
+    "PREVIEW_MIME",
+    "PROVIDER_MIME",
+    "REPLICATE_FILL",
+    "WAVESPEED_FILL",
+    "Limits",
+    "LoadedImage",
+    "MaskResult",
+    "Region",
+    "SizingRule",
+    "build_mask",
+    "composite",
+    "encode",
+    "encode_for_provider",
+    "encode_mask",
+    "fit_result",
+    "fit_under",
+    "load_image",
+    "mask_from_alpha",
+    "mask_from_attachment",
+    "mask_from_region",
+    "mask_preview",
+    "parse_region",
+    "replicate_output_size",
+    "resize_for",
+    "soften",
+    "target_size",
+]

@@ -1,0 +1,48 @@
+"""A small picture showing the user which area will be repainted, for a quick Discord edit before the job runs."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageChops, ImageFilter
+
+from bot.imaging.encoding import encode
+
+PREVIEW_FORMAT = "jpeg"
+PREVIEW_MIME = "image/jpeg"
+PREVIEW_QUALITY = 80
+TINT = (255, 0, 200)
+TINT_STRENGTH = 0.45
+_CHECKER = 8  # px squares behind transparent parts, like image editors show them
+_THRESHOLD = [0] * 128 + [255] * 128
+
+
+def mask_preview(image: Image.Image, mask: Image.Image, *, max_side: int = 640) -> bytes:
+    """JPEG of `image` at most `max_side` px, the fill area tinted magenta and outlined (typically 30–90 KB).
+
+    `mask` may be any size; it is scaled onto the picture. Transparent parts are shown over a checkerboard.
+    """
+    scale = min(1.0, max_side / max(image.size))
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    small = image if size == image.size else image.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+    small = _flatten(small)
+    area = mask if mask.mode == "L" else mask.convert("L")
+    if area.size != size:
+        area = area.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+    area = area.point(_THRESHOLD)
+    tinted = Image.blend(small, Image.new("RGB", size, TINT), TINT_STRENGTH)
+    out = Image.composite(tinted, small, area)
+    outline = ImageChops.difference(area.filter(ImageFilter.MaxFilter(3)), area.filter(ImageFilter.MinFilter(3)))
+    out.paste(TINT, mask=outline)
+    return encode(out, PREVIEW_FORMAT, quality=PREVIEW_QUALITY)
+
+
+def _flatten(image: Image.Image) -> Image.Image:
+    """RGB for display: transparent parts over a grey checkerboard."""
+    if image.mode == "RGB":
+        return image
+    if image.mode != "RGBA":
+        return image.convert("RGB")
+    ys, xs = np.indices((image.height, image.width))
+    squares = np.where((ys // _CHECKER + xs // _CHECKER) % 2 == 0, 204, 153).astype(np.uint8)
+    backdrop = Image.fromarray(squares).convert("RGBA")
+    return Image.alpha_composite(backdrop, image).convert("RGB")

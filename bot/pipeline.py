@@ -1,0 +1,178 @@
+"""Pictures in, pictures out: turns attachments + a validated request into a `ProviderJob`, and provider
+outputs back into finished files.
+
+Everything here is CPU work on images; callers run it in a worker thread (`asyncio.to_thread`) so the event
+loop never stalls. Only bytes are kept between the two halves (not decoded pictures), so hundreds of waiting
+jobs cost little memory and a job can be finished after a restart from stored bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from PIL import Image
+
+from bot.imaging import (
+    Limits,
+    SizingRule,
+    build_mask,
+    composite,
+    encode,
+    encode_for_provider,
+    encode_mask,
+    fit_result,
+    fit_under,
+    load_image,
+    mask_preview,
+    sizing,
+    soften,
+    target_size,
+)
+from bot.params import EditRequest, FillRequest, ModelSpec
+from bot.providers.base import InputImage, ProviderJob
+
+SIZING: dict[tuple[str, str], SizingRule] = {
+    ("replicate", "fill"): sizing.REPLICATE_FILL,
+    ("replicate", "edit"): sizing.KONTEXT,
+    ("bfl", "fill"): sizing.BFL_FILL,
+    ("bfl", "edit"): sizing.KONTEXT,
+    ("wavespeed", "fill"): sizing.WAVESPEED_FILL,
+    ("local", "fill"): sizing.LOCAL,
+}
+
+
+@dataclass(frozen=True)
+class JobInputs:
+    """What finishing a job needs, as bytes: stored with the job so it can be finished after a restart."""
+
+    original: bytes  # the user's validated upload; decoded again only by our own loader, never forwarded
+    mask: bytes | None  # PNG hard mask at the original's size (None for edits)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A job ready to submit, plus what finishing needs later."""
+
+    job: ProviderJob
+    inputs: JobInputs
+    preview: bytes  # small picture for the status message
+    preview_name: str
+    original_size: tuple[int, int]
+    coverage: float | None
+    notices: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class FinishedImage:
+    data: bytes
+    filename: str
+    size: tuple[int, int]
+    flagged: bool = False
+
+
+@dataclass(frozen=True)
+class Finished:
+    images: tuple[FinishedImage, ...]
+    notices: tuple[str, ...]
+
+
+def sizing_rule(spec: ModelSpec) -> SizingRule:
+    return SIZING[(spec.provider, spec.operation)]
+
+
+def _to_provider(image: Image.Image, spec: ModelSpec) -> tuple[Image.Image, InputImage]:
+    size = target_size(sizing_rule(spec), image.size)
+    sized = image if size == image.size else image.resize(size, Image.Resampling.LANCZOS)
+    return sized, InputImage(encode_for_provider(sized), "image/png", sized.size)
+
+
+def prepare_fill(image_data: bytes, mask_data: bytes | None, request: FillRequest, limits: Limits) -> Prepared:
+    """Validate and load the pictures, work out the mask, size both for the provider and encode them."""
+    loaded = load_image(image_data, limits, what="image")
+    result = build_mask(loaded, mask_data, request.mask.region, limits, invert=request.mask.invert)
+    mask = soften(result.mask, grow=request.mask.grow) if request.mask.grow else result.mask
+    # The provider sees the picture without transparency: the mask says what to repaint.
+    rgb = loaded.image.convert("RGB")
+    sized, image_input = _to_provider(rgb, request.spec)
+    sized_mask = mask.resize(sized.size, Image.Resampling.NEAREST) if sized.size != mask.size else mask
+    mask_input = InputImage(encode_mask(sized_mask), "image/png", sized_mask.size)
+    job = ProviderJob(request.spec, request.prompt, request.params, image_input, mask_input)
+    return Prepared(
+        job=job,
+        inputs=JobInputs(image_data, encode_mask(mask)),
+        preview=mask_preview(rgb, mask),
+        preview_name="mask-preview.jpg",
+        original_size=loaded.image.size,
+        coverage=result.coverage,
+        notices=loaded.notices + result.notices,
+    )
+
+
+def prepare_edit(image_data: bytes, request: EditRequest, limits: Limits) -> Prepared:
+    """Validate and load the picture and size it for the Kontext model."""
+    loaded = load_image(image_data, limits, what="image")
+    rgb = loaded.image.convert("RGB")
+    sized, image_input = _to_provider(rgb, request.spec)
+    preview = encode(_thumbnail(sized), "jpeg", quality=80)
+    return Prepared(
+        job=ProviderJob(request.spec, request.prompt, request.params, image_input),
+        inputs=JobInputs(image_data, None),
+        preview=preview,
+        preview_name="input.jpg",
+        original_size=loaded.image.size,
+        coverage=None,
+        notices=loaded.notices,
+    )
+
+
+def _thumbnail(image: Image.Image, max_side: int = 640) -> Image.Image:
+    copy = image.copy()
+    copy.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    return copy
+
+
+def finish(
+    outputs: Sequence[tuple[bytes, bool]],
+    *,
+    inputs: JobInputs,
+    request: FillRequest | EditRequest,
+    limits: Limits,
+    job_id: str,
+    max_total_bytes: int | None = None,
+) -> Finished:
+    """Decode provider outputs safely, put them back into the original picture and encode them as asked.
+
+    Fill results are scaled to the original's size and, with `composite`, pasted through the feathered mask
+    so every pixel outside it is the user's own at full resolution.
+    """
+    delivery = request.delivery
+    notices: list[str] = []
+    base: Image.Image | None = None
+    hard_mask: Image.Image | None = None
+    feather = 0
+    if isinstance(request, FillRequest):
+        base = load_image(inputs.original, limits, what="image").image
+        feather = request.mask.feather
+        if inputs.mask is not None:
+            hard_mask = load_image(inputs.mask, limits, what="mask").image.convert("L")
+    pictures: list[Image.Image] = []
+    for data, _flagged in outputs:
+        result = load_image(data, limits, what="result").image.convert("RGB")
+        if base is not None and hard_mask is not None and delivery.composite:
+            result = composite(base, result, hard_mask, feather=feather)
+        elif base is not None:
+            result = fit_result(base.size, result)
+        pictures.append(result)
+    if max_total_bytes is None:
+        encoded = [encode(p, delivery.output_format, quality=delivery.output_quality) for p in pictures]
+    else:
+        encoded, fit_notices = fit_under(pictures, delivery.output_format, delivery.output_quality, max_total_bytes)
+        notices.extend(fit_notices)
+    ext = "jpg" if delivery.output_format == "jpeg" else delivery.output_format
+    kind = request.spec.operation
+    images = tuple(
+        FinishedImage(data, f"{kind}-{job_id}-{i}.{ext}", pic.size, flagged)
+        for i, (data, pic, (_, flagged)) in enumerate(zip(encoded, pictures, outputs, strict=True), start=1)
+    )
+    return Finished(images, tuple(notices))

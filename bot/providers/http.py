@@ -1,0 +1,503 @@
+"""Shared HTTP transport for every HTTP provider: retries, error mapping, credential scoping, downloads.
+
+Two rules drive the design (providers.md §5): credentials are attached per request and only for the provider's
+own hosts, and a create POST is never retried once it may have reached the provider (the job may exist and
+bill). Output files are fetched by a separate client that holds no credentials at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import email.utils
+import json
+import logging
+import random
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+import httpx
+
+from bot import __version__
+from bot.errors import ProviderError
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = f"fillbot/{__version__} (+https://github.com/fillbot/fillbot)"
+
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0, write=60.0)
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_MESSAGE_CAP = 300
+_URL_RE = re.compile(r"(?:https?|ftp|wss?)://\S+|www\.\S+", re.IGNORECASE)
+_SECRET_RE = re.compile(r"(Bearer|Token|x-key)\s+\S+|\br8_[A-Za-z0-9]+|whsec_[A-Za-z0-9+/=]+", re.IGNORECASE)
+_RESETS_IN_RE = re.compile(r"resets?\s+in\s+~?\s*(\d+(?:\.\d+)?)\s*(ms|s|sec|secs|seconds?|m|min|minutes?)?\b",
+                           re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How idempotent requests are retried: exponential backoff with ±20% jitter, hints honoured up to a cap."""
+
+    attempts: int = 5
+    base_delay: float = 0.5
+    max_delay: float = 30.0
+
+    def backoff(self, retry: int) -> float:
+        """Delay before retry number `retry` (0-based) when the server gave no hint."""
+        delay = self.base_delay * 2.0**retry * random.uniform(0.8, 1.2)
+        return max(0.0, min(self.max_delay, delay))
+
+    def delay(self, retry: int, hint: float | None) -> float:
+        if hint is None:
+            return self.backoff(retry)
+        return max(0.0, min(float(self.max_delay), float(hint)))
+
+
+def clean_text(text: str, cap: int = _MESSAGE_CAP) -> str:
+    """Provider text made safe to show: no URLs, no credentials, one line, capped."""
+    text = _SECRET_RE.sub("[redacted]", text)
+    text = _URL_RE.sub("[link]", text)
+    text = " ".join(text.split())
+    return text if len(text) <= cap else text[: cap - 1].rstrip() + "…"
+
+
+def _log_text(text: str, cap: int = 2000) -> str:
+    """Provider text for DEBUG logs: credentials redacted, length capped (bodies may echo data URIs)."""
+    text = _SECRET_RE.sub("[redacted]", text)
+    return text if len(text) <= cap else text[:cap] + f"…[{len(text) - cap} more chars]"
+
+
+def retry_after(response: httpx.Response) -> float | None:
+    """Seconds the server asked us to wait: `Retry-After` (seconds or HTTP date) or Replicate's
+    "resets in ~Ns" body text; None when there is no usable hint."""
+    header = response.headers.get("retry-after", "").strip()
+    if header:
+        try:
+            return max(0.0, float(header))
+        except ValueError:
+            when = email.utils.parsedate_to_datetime(header) if _looks_like_date(header) else None
+            if when is not None and when.tzinfo is not None:
+                return max(0.0, when.timestamp() - time.time())
+    try:
+        text = response.text
+    except (UnicodeDecodeError, httpx.ResponseNotRead):
+        return None
+    match = _RESETS_IN_RE.search(text[:4000])
+    if match is None:
+        return None
+    value, unit = float(match.group(1)), (match.group(2) or "s").lower()
+    if unit == "ms":
+        return value / 1000
+    if unit.startswith("m"):
+        return value * 60
+    return value
+
+
+def _looks_like_date(value: str) -> bool:
+    try:
+        return email.utils.parsedate_to_datetime(value) is not None
+    except (TypeError, ValueError, IndexError):
+        return False
+
+
+def _parse_body(response: httpx.Response) -> Any:
+    """The JSON body, or None when it is empty, HTML or not valid JSON."""
+    content = response.content
+    if not content.strip():
+        return None
+    try:
+        return json.loads(content)
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def _field_name(raw: Any) -> str:
+    if isinstance(raw, list):
+        parts = [str(p) for p in raw if p not in ("body", "input")]
+        return ".".join(parts)
+    name = str(raw or "")
+    return name.removeprefix("input.") if name != "input" else ""
+
+
+def _problems(body: Any) -> list[str]:
+    """Readable `field: problem` lines from any of the three error shapes (plus gateway envelopes)."""
+    if not isinstance(body, Mapping):
+        return [body] if isinstance(body, str) and body.strip() else []
+    fields = body.get("invalid_fields")
+    if isinstance(fields, list) and fields:
+        lines = []
+        for item in fields:
+            if not isinstance(item, Mapping):
+                continue
+            name, desc = _field_name(item.get("field")), str(item.get("description") or item.get("type") or "")
+            if item.get("type") == "additional_property_not_allowed" and not desc:
+                desc = "unexpected option"
+            lines.append(f"{name}: {desc}" if name else desc)
+        if lines:
+            return lines
+    detail = body.get("detail")
+    if isinstance(detail, list):
+        lines = []
+        for item in detail:
+            if isinstance(item, Mapping):
+                name, msg = _field_name(item.get("loc")), str(item.get("msg") or item.get("type") or "")
+                lines.append(f"{name}: {msg}" if name else msg)
+            elif isinstance(item, str):
+                lines.append(item)
+        return lines
+    if isinstance(detail, str) and detail.strip():
+        # Replicate's 422 detail is a "- input.x: problem" list; keep its lines readable.
+        lines = [line.strip().removeprefix("- ").removeprefix("input.").removeprefix("input: ")
+                 for line in detail.splitlines() if line.strip()]
+        return lines
+    for key in ("message", "error", "msg", "title"):
+        value = body.get(key)
+        if isinstance(value, Mapping):
+            inner = value.get("message") or value.get("msg")
+            if isinstance(inner, str) and inner.strip():
+                return [inner]
+        elif isinstance(value, str) and value.strip():
+            return [value]
+    data = body.get("data")
+    if isinstance(data, Mapping):
+        return _problems({k: v for k, v in data.items() if k in ("error", "message")})
+    return []
+
+
+def error_for_response(label: str, response: httpx.Response) -> ProviderError:
+    """Turn a non-2xx response into a ProviderError whose message is safe to show a Discord user.
+
+    Raw provider text stays in the DEBUG log: 402 bodies carry billing URLs and some gateways answer HTML.
+    """
+    status = response.status_code
+    body = _parse_body(response)
+    try:
+        raw = response.text
+    except (UnicodeDecodeError, httpx.ResponseNotRead):
+        raw = "<undecodable body>"
+    log.debug("%s answered HTTP %s (%s): %s", label, status, response.headers.get("content-type", "?"),
+              _log_text(raw))
+    problems = [clean_text(str(p), 160) for p in _problems(body) if str(p).strip()]
+    reason = clean_text("; ".join(problems)) if problems else ""
+    if status in (400, 422):
+        if reason:
+            return ProviderError("invalid_input", f"{label} refused the request: {reason}")
+        return ProviderError("invalid_input", f"{label} refused the request as invalid (HTTP {status}).")
+    if status in (401, 403):
+        return ProviderError("auth", f"{label} rejected the bot's API key — the bot's operator must check it.")
+    if status == 402:
+        return ProviderError(
+            "billing", f"{label} says the bot's account has run out of credit — the bot's operator must top it up."
+        )
+    if status == 404:
+        return ProviderError("not_found", f"{label} could not find that model or job (it may have expired).")
+    if status == 429:
+        wait = retry_after(response)
+        when = f" in about {max(1, round(wait))} s" if wait is not None else " in a minute"
+        return ProviderError("rate_limited", f"{label} is rate-limiting the bot; try again{when}.",
+                             retry_after=wait)
+    if 500 <= status <= 599:
+        return ProviderError("unavailable", f"{label} is having trouble (HTTP {status}); try again in a few minutes.")
+    return ProviderError("failed", f"{label} answered with an unexpected error (HTTP {status}).")
+
+
+def _not_json(label: str) -> ProviderError:
+    return ProviderError(
+        "bad_response", f"{label} returned a response that is not valid JSON (a gateway page or a cut-off reply)."
+    )
+
+
+def _maybe_submitted(label: str, why: str) -> ProviderError:
+    return ProviderError(
+        "maybe_submitted",
+        f"{label} {why}, so the job may have been submitted; check before retrying to avoid paying twice.",
+    )
+
+
+def _transport_error(label: str, exc: Exception) -> ProviderError:
+    if isinstance(exc, httpx.TimeoutException):
+        return ProviderError("unavailable", f"{label} did not answer in time; try again in a few minutes.")
+    return ProviderError("unavailable", f"{label} could not be reached; try again in a few minutes.")
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    return url.scheme, url.host, url.port or _DEFAULT_PORTS.get(url.scheme)
+
+
+class ProviderHTTP:
+    """One long-lived httpx.AsyncClient per provider. Credentials are attached per request and ONLY for trusted
+    hosts, so a URL taken from a response can never carry the key elsewhere."""
+
+    def __init__(
+        self,
+        *,
+        label: str,
+        base_url: str,
+        auth_headers: Mapping[str, str],
+        trusted: Callable[[httpx.URL], bool] | None = None,
+        timeout: httpx.Timeout | None = None,
+        retry: RetryPolicy = RetryPolicy(),
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.label = label
+        self.base_url = httpx.URL(base_url.rstrip("/"))
+        if self.base_url.scheme not in ("http", "https") or not self.base_url.host:
+            raise ValueError(f"{label}: base URL must be an absolute http(s) URL")
+        self._auth = dict(auth_headers)
+        self._trusted = trusted
+        self.retry = retry
+        self.timeout = timeout or DEFAULT_TIMEOUT
+        # No redirects: a redirect is never followed with credentials, and providers do not need them.
+        self._client = httpx.AsyncClient(
+            timeout=self.timeout,
+            transport=transport,
+            follow_redirects=False,
+            headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
+        )
+
+    def url(self, path: str) -> httpx.URL:
+        """`base_url + "/" + path`; `path` segments must already be quoted by the caller."""
+        return httpx.URL(str(self.base_url) + "/" + path.lstrip("/"))
+
+    def is_trusted(self, url: str | httpx.URL) -> bool:
+        try:
+            target = httpx.URL(url) if isinstance(url, str) else url
+        except httpx.InvalidURL:
+            return False
+        if target.scheme not in ("http", "https") or not target.host:
+            return False
+        if self._trusted is not None:
+            return self._trusted(target)
+        return _origin(target) == _origin(self.base_url)
+
+    def _resolve(self, url: str | httpx.URL) -> httpx.URL:
+        if isinstance(url, httpx.URL):
+            return url
+        try:
+            parsed = httpx.URL(url)
+        except httpx.InvalidURL:
+            raise ProviderError("bad_response", f"{self.label} returned an unusable address.") from None
+        return parsed if parsed.scheme else self.url(url)
+
+    def _checked(self, url: str | httpx.URL) -> httpx.URL:
+        target = self._resolve(url)
+        if not self.is_trusted(target):
+            log.warning("%s: refusing to send credentials to untrusted host %s", self.label, target.host or "?")
+            raise ProviderError(
+                "bad_response", f"{self.label} pointed the bot at an unexpected address; the bot refused to follow it."
+            )
+        return target
+
+    def _json_or_error(self, response: httpx.Response) -> Any:
+        if not response.is_success:
+            raise error_for_response(self.label, response)
+        body = _parse_body(response)
+        if body is None:
+            log.debug("%s sent a non-JSON %s body: %s", self.label, response.status_code, _log_text(response.text))
+            raise _not_json(self.label)
+        return body
+
+    async def get_json(self, url: str | httpx.URL) -> Any:
+        """GET with retries on 429/5xx/timeouts/resets; refuses untrusted absolute URLs before sending."""
+        return await self.request_json("GET", url, retry=True)
+
+    async def request_json(self, method: str, url: str | httpx.URL, *, json: Any = None, retry: bool) -> Any:
+        """Any idempotent request; with `retry`, transient faults are retried like a GET."""
+        target = self._checked(url)
+        attempts = max(1, self.retry.attempts) if retry else 1
+        for attempt in range(attempts):
+            last = attempt == attempts - 1
+            try:
+                response = await self._client.request(method, target, json=json, headers=self._auth)
+            except (httpx.TimeoutException, httpx.TransportError) as exc:
+                log.info("%s %s %s: %s (attempt %d/%d)", self.label, method, target.path, type(exc).__name__,
+                         attempt + 1, attempts)
+                if last:
+                    raise _transport_error(self.label, exc) from exc
+                await asyncio.sleep(self.retry.backoff(attempt))
+                continue
+            if response.status_code in RETRY_STATUSES and not last:
+                delay = self.retry.delay(attempt, retry_after(response))
+                log.info("%s %s %s: HTTP %d, retrying in %.2f s (attempt %d/%d)", self.label, method, target.path,
+                         response.status_code, delay, attempt + 1, attempts)
+                await asyncio.sleep(delay)
+                continue
+            return self._json_or_error(response)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def post_json(
+        self,
+        path: str,
+        body: Mapping[str, Any],
+        *,
+        headers: Mapping[str, str] | None = None,
+        read_timeout: float | None = None,
+    ) -> tuple[int, Any]:
+        """A create POST: retried only on a clean 429 (no job made) and never once it may have reached the
+        provider, because the job may exist and bill."""
+        target = self._checked(path)
+        timeout = self.timeout if read_timeout is None else httpx.Timeout(
+            connect=self.timeout.connect, read=read_timeout, write=self.timeout.write, pool=self.timeout.pool
+        )
+        sent_headers = {**(headers or {}), **self._auth}
+        attempts = max(1, self.retry.attempts)
+        for attempt in range(attempts):
+            try:
+                response = await self._client.post(target, json=dict(body), headers=sent_headers, timeout=timeout)
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+                # Nothing was sent: safe to report as a plain outage.
+                raise _transport_error(self.label, exc) from exc
+            except httpx.TimeoutException as exc:
+                raise _maybe_submitted(self.label, "did not answer in time") from exc
+            except httpx.TransportError as exc:
+                raise _maybe_submitted(self.label, "dropped the connection") from exc
+            status = response.status_code
+            if status == 429 and attempt < attempts - 1:
+                delay = self.retry.delay(attempt, retry_after(response))
+                log.info("%s POST %s: rate-limited, retrying in %.2f s", self.label, target.path, delay)
+                await asyncio.sleep(delay)
+                continue
+            if status >= 500:
+                log.debug("%s POST %s: HTTP %d: %s", self.label, target.path, status, _log_text(response.text))
+                raise _maybe_submitted(self.label, f"had a server error (HTTP {status})")
+            if not response.is_success:
+                raise error_for_response(self.label, response)
+            parsed = _parse_body(response)
+            if parsed is None:
+                log.debug("%s POST %s: non-JSON %d body: %s", self.label, target.path, status,
+                          _log_text(response.text))
+                raise _maybe_submitted(self.label, "accepted the request but returned an unreadable reply")
+            return status, parsed
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+def _mb(n: int) -> str:
+    return f"{n / (1024 * 1024):g}"
+
+
+class Downloader:
+    """Fetches output files with a separate client that has NO credentials, capped in size (streamed, aborts
+    past the cap), so a file host never sees a key and a hostile URL cannot exhaust memory."""
+
+    def __init__(
+        self,
+        *,
+        max_bytes: int,
+        timeout: httpx.Timeout | None = None,
+        retry: RetryPolicy = RetryPolicy(),
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.max_bytes = max_bytes
+        self.retry = retry
+        # Redirects are safe to follow here: this client carries no credentials.
+        self._client = httpx.AsyncClient(
+            timeout=timeout or DEFAULT_TIMEOUT,
+            transport=transport,
+            follow_redirects=True,
+            headers={"User-Agent": USER_AGENT},
+        )
+
+    def _too_big(self) -> ProviderError:
+        return ProviderError("bad_response", f"The result file is larger than the {_mb(self.max_bytes)} MB limit.")
+
+    async def fetch(self, ref: str) -> bytes:
+        """Bytes of an http(s) URL, a `data:` URI or naked base64 (WaveSpeed's base64 output)."""
+        ref = ref.strip()
+        lowered = ref[:8].lower()
+        if lowered.startswith(("http://", "https://")):
+            return await self._fetch_url(ref)
+        if lowered.startswith("data:"):
+            return self._decode_data_uri(ref)
+        if "://" in ref[:16]:
+            raise ProviderError("bad_response", "The provider returned a result address the bot cannot fetch.")
+        return self._decode_base64(ref)
+
+    def _decode_base64(self, text: str) -> bytes:
+        compact = "".join(text.split())
+        if len(compact) * 3 // 4 > self.max_bytes + 3:
+            raise self._too_big()
+        try:
+            data = base64.b64decode(compact + "=" * (-len(compact) % 4), validate=True)
+        except (binascii.Error, ValueError):
+            raise ProviderError("bad_response", "The provider returned a result that is not a file.") from None
+        if not data:
+            raise ProviderError("bad_response", "The provider returned an empty result file.")
+        if len(data) > self.max_bytes:
+            raise self._too_big()
+        return data
+
+    def _decode_data_uri(self, uri: str) -> bytes:
+        header, sep, payload = uri.partition(",")
+        if not sep:
+            raise ProviderError("bad_response", "The provider returned a broken data URI.")
+        if header.lower().endswith(";base64"):
+            return self._decode_base64(payload)
+        if len(payload) > self.max_bytes * 3:
+            raise self._too_big()
+        data = unquote_to_bytes(payload)
+        if len(data) > self.max_bytes:
+            raise self._too_big()
+        return data
+
+    async def _fetch_url(self, url: str) -> bytes:
+        attempts = max(1, self.retry.attempts)
+        for attempt in range(attempts):
+            last = attempt == attempts - 1
+            try:
+                async with self._client.stream("GET", url) as response:
+                    status = response.status_code
+                    if status in (401, 403, 404, 410):
+                        raise ProviderError(
+                            "expired",
+                            "The result file is no longer available (the provider deletes results after a while).",
+                        )
+                    if status in RETRY_STATUSES and not last:
+                        await response.aread()
+                        delay = self.retry.delay(attempt, retry_after(response))
+                        log.info("download: HTTP %d, retrying in %.2f s", status, delay)
+                        await asyncio.sleep(delay)
+                        continue
+                    if status == 429:
+                        await response.aread()
+                        wait = retry_after(response)
+                        raise ProviderError("rate_limited", "The result file host is rate-limiting the bot.",
+                                            retry_after=wait)
+                    if status >= 500:
+                        raise ProviderError("unavailable", f"The result file host had an error (HTTP {status}).")
+                    if not response.is_success:
+                        raise ProviderError("failed", f"The result file could not be downloaded (HTTP {status}).")
+                    declared = response.headers.get("content-length", "")
+                    if declared.isdigit() and int(declared) > self.max_bytes:
+                        raise self._too_big()
+                    chunks: list[bytes] = []
+                    size = 0
+                    async for chunk in response.aiter_bytes():
+                        size += len(chunk)
+                        if size > self.max_bytes:
+                            raise self._too_big()
+                        chunks.append(chunk)
+            except (httpx.TimeoutException, httpx.TransportError) as exc:
+                log.info("download: %s (attempt %d/%d)", type(exc).__name__, attempt + 1, attempts)
+                if last:
+                    raise ProviderError(
+                        "unavailable", "The result file could not be downloaded; try again in a few minutes."
+                    ) from exc
+                await asyncio.sleep(self.retry.backoff(attempt))
+                continue
+            data = b"".join(chunks)
+            if not data:
+                raise ProviderError("bad_response", "The provider returned an empty result file.")
+            return data
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def aclose(self) -> None:
+        await self._client.aclose()

@@ -1,0 +1,134 @@
+"""The core, assembled: provider clients, the job engine and the picture pipeline behind one object.
+
+Front ends (the Discord cogs, the command line, benchmarks) construct one `FillService` from `Settings`,
+use `prepare_*` and `run`, and close it with `async with` or `aclose()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import TracebackType
+
+import httpx
+
+from bot.config import Settings
+from bot.errors import UserError
+from bot.imaging import Limits
+from bot.jobs import JobEngine, Outcome, UpdateCallback
+from bot.params import EditRequest, FillRequest
+from bot.pipeline import Finished, JobInputs, Prepared, finish, prepare_edit, prepare_fill
+from bot.providers.base import Handle, Provider, ProviderJob, State
+from bot.providers.bfl import BFLProvider
+from bot.providers.http import Downloader
+from bot.providers.local import LocalProvider
+from bot.providers.replicate import ReplicateProvider
+from bot.providers.wavespeed import WaveSpeedProvider
+
+log = logging.getLogger(__name__)
+
+# Provider outputs are pictures of a few MB at most; anything far larger is refused while streaming.
+MAX_OUTPUT_BYTES = 50 * 1024 * 1024
+
+
+def build_providers(
+    settings: Settings, downloader: Downloader, transport: httpx.AsyncBaseTransport | None = None
+) -> dict[str, Provider]:
+    """One client per provider that has credentials, plus the key-free local provider."""
+    providers: dict[str, Provider] = {"local": LocalProvider()}
+    for name in settings.available_providers:
+        config = settings.providers[name]
+        if name == "replicate":
+            providers[name] = ReplicateProvider(config, downloader, transport=transport)
+        elif name == "bfl":
+            providers[name] = BFLProvider(config, downloader, transport=transport)
+        elif name == "wavespeed":
+            providers[name] = WaveSpeedProvider(config, downloader, transport=transport)
+    return providers
+
+
+@dataclass(frozen=True)
+class JobResult:
+    outcome: Outcome
+    finished: Finished | None
+
+
+class FillService:
+    """Owns the long-lived clients; everything heavy on pictures runs in worker threads."""
+
+    def __init__(self, settings: Settings, providers: Mapping[str, Provider] | None = None) -> None:
+        self.settings = settings
+        self.limits = Limits(max_bytes=settings.max_attachment_bytes, max_pixels=settings.max_image_pixels)
+        self.downloader = Downloader(max_bytes=MAX_OUTPUT_BYTES)
+        self.providers = dict(providers) if providers is not None else build_providers(settings, self.downloader)
+        self.engine = JobEngine(
+            self.providers,
+            concurrency={name: cfg.max_concurrency for name, cfg in settings.providers.items()},
+            poll_interval=settings.poll_interval,
+            deadline=settings.job_deadline,
+        )
+
+    async def __aenter__(self) -> FillService:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        for provider in self.providers.values():
+            await provider.aclose()
+        await self.downloader.aclose()
+
+    def check_provider(self, name: str) -> None:
+        if name not in self.providers:
+            configured = ", ".join(self.providers)
+            raise UserError(f"The provider `{name}` is not configured on this bot; available: {configured}.")
+
+    async def prepare_fill(self, image: bytes, mask: bytes | None, request: FillRequest) -> Prepared:
+        self.check_provider(request.spec.provider)
+        return await asyncio.to_thread(prepare_fill, image, mask, request, self.limits)
+
+    async def prepare_edit(self, image: bytes, request: EditRequest) -> Prepared:
+        self.check_provider(request.spec.provider)
+        return await asyncio.to_thread(prepare_edit, image, request, self.limits)
+
+    @staticmethod
+    def new_job_id() -> str:
+        return uuid.uuid4().hex[:12]
+
+    async def run(
+        self,
+        job_id: str,
+        request: FillRequest | EditRequest,
+        inputs: JobInputs,
+        on_update: UpdateCallback,
+        *,
+        job: ProviderJob | None = None,
+        handle: Handle | None = None,
+        max_total_bytes: int | None = None,
+    ) -> JobResult:
+        """Submit `job` (or resume polling `handle`), then finish its outputs against `inputs`."""
+        outcome = await self.engine.run(job_id, request.spec.provider, on_update, job=job, handle=handle)
+        if outcome.state is not State.SUCCEEDED:
+            return JobResult(outcome, None)
+        try:
+            finished = await asyncio.to_thread(
+                finish,
+                [(f.data, f.flagged) for f in outcome.files],
+                inputs=inputs,
+                request=request,
+                limits=self.limits,
+                job_id=job_id,
+                max_total_bytes=max_total_bytes,
+            )
+        except UserError as exc:
+            log.warning("job %s: provider output unusable: %s", job_id, exc.message)
+            failed = Outcome(job_id, State.FAILED, message=f"The provider's result was unusable: {exc.message}",
+                             handle=outcome.handle, elapsed=outcome.elapsed)
+            return JobResult(failed, None)
+        return JobResult(outcome, finished)
