@@ -152,8 +152,13 @@ class JobEngine:
         *,
         job: ProviderJob | None = None,
         handle: Handle | None = None,
+        before_submit: Callable[[], Awaitable[None]] | None = None,
     ) -> Outcome:
-        """Queue, submit (or resume polling `handle`), poll until done, download. Never raises for job faults."""
+        """Queue, submit (or resume polling `handle`), poll until done, download. Never raises for job faults.
+
+        `before_submit` is awaited right before the create request, so callers can record that the job may
+        now exist at the provider (after a crash such a job must not be submitted again).
+        """
         if (job is None) == (handle is None):
             raise ValueError("give exactly one of job (new) or handle (resume)")
         provider = self.providers[provider_name]
@@ -161,7 +166,7 @@ class JobEngine:
         started = self.clock()
         publish = _Publisher(job_id, started, self.clock, on_update)
         try:
-            return await self._run(job_id, provider, job, handle, cancel, publish)
+            return await self._run(job_id, provider, job, handle, cancel, publish, before_submit)
         finally:
             self._cancel.pop(job_id, None)
             await publish.drain()
@@ -174,6 +179,7 @@ class JobEngine:
         handle: Handle | None,
         cancel: asyncio.Event,
         publish: _Publisher,
+        before_submit: Callable[[], Awaitable[None]] | None,
     ) -> Outcome:
         queue = self._queues[provider.name]
         acquired = asyncio.ensure_future(
@@ -182,6 +188,8 @@ class JobEngine:
         if not await _first(acquired, cancel):
             return publish.outcome(State.CANCELED, "Canceled before it started; nothing was sent to the provider.")
         try:
+            if handle is None and before_submit is not None:
+                await before_submit()
             return await self._submit_and_poll(job_id, provider, job, handle, cancel, publish)
         finally:
             queue.release()

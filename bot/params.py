@@ -7,6 +7,7 @@ help text, defaults and the provider field mapping. Ranges come from ../shared/p
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -385,3 +386,27 @@ class EditRequest:
     ) -> EditRequest:
         spec = spec_for(provider, "edit")
         return cls(spec, check_prompt(prompt, spec), spec.resolve(options, internal), delivery)
+
+
+def request_to_json(request: FillRequest | EditRequest) -> str:
+    """Serialise a validated request for storage (Rerun and restart recovery rebuild it from this)."""
+    data: dict[str, object] = {
+        "operation": request.spec.operation,
+        "provider": request.spec.provider,
+        "prompt": request.prompt,
+        "params": dict(request.params),
+        "delivery": vars(request.delivery),
+    }
+    if isinstance(request, FillRequest):
+        data["mask"] = vars(request.mask)
+    return json.dumps(data)
+
+
+def request_from_json(text: str) -> FillRequest | EditRequest:
+    """Rebuild a request stored by `request_to_json` (already validated when it was made)."""
+    data = json.loads(text)
+    spec = spec_for(data["provider"], data["operation"])
+    delivery = Delivery(**data["delivery"])
+    if spec.operation == "fill":
+        return FillRequest(spec, data["prompt"], data["params"], MaskOptions(**data["mask"]), delivery)
+    return EditRequest(spec, data["prompt"], data["params"], delivery)

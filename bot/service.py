@@ -7,9 +7,10 @@ use `prepare_*` and `run`, and close it with `async with` or `aclose()`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -19,7 +20,7 @@ from bot.config import Settings
 from bot.errors import UserError
 from bot.imaging import Limits
 from bot.jobs import JobEngine, Outcome, UpdateCallback
-from bot.params import EditRequest, FillRequest
+from bot.params import EditRequest, FillRequest, MaskOptions
 from bot.pipeline import Finished, JobInputs, Prepared, finish, prepare_edit, prepare_fill
 from bot.providers.base import Handle, Provider, ProviderJob, State
 from bot.providers.bfl import BFLProvider
@@ -97,6 +98,13 @@ class FillService:
         self.check_provider(request.spec.provider)
         return await asyncio.to_thread(prepare_edit, image, request, self.limits)
 
+    async def prepare_again(self, request: FillRequest | EditRequest, inputs: JobInputs) -> Prepared:
+        """Prepare a stored job again (Rerun, restart recovery): the stored mask is already final."""
+        if isinstance(request, FillRequest):
+            again = dataclasses.replace(request, mask=MaskOptions(feather=request.mask.feather))
+            return await self.prepare_fill(inputs.original, inputs.mask, again)
+        return await self.prepare_edit(inputs.original, request)
+
     @staticmethod
     def new_job_id() -> str:
         return uuid.uuid4().hex[:12]
@@ -110,10 +118,13 @@ class FillService:
         *,
         job: ProviderJob | None = None,
         handle: Handle | None = None,
+        before_submit: Callable[[], Awaitable[None]] | None = None,
         max_total_bytes: int | None = None,
     ) -> JobResult:
         """Submit `job` (or resume polling `handle`), then finish its outputs against `inputs`."""
-        outcome = await self.engine.run(job_id, request.spec.provider, on_update, job=job, handle=handle)
+        outcome = await self.engine.run(
+            job_id, request.spec.provider, on_update, job=job, handle=handle, before_submit=before_submit
+        )
         if outcome.state is not State.SUCCEEDED:
             return JobResult(outcome, None)
         try:

@@ -51,4 +51,3 @@ def fit_result(original_size: tuple[int, int], result: Image.Image) -> Image.Ima
     if result.size == original_size:
         return result
     return result.resize(original_size, Image.Resampling.LANCZOS, reducing_gap=3.0)
-

@@ -43,10 +43,10 @@ def encode(image: Image.Image, fmt: str, *, quality: int = 90) -> bytes:
 def encode_for_provider(image: Image.Image) -> bytes:
     """JPEG q95 with 4:4:4 chroma, alpha dropped (the mask is always sent on its own; see `encode_mask`).
 
-    Measured by bench/bench_preprocess.py on a 1440x1440 photo (2 cores): PNG level 1 ~150 ms / 2.3 MB,
-    PNG level 6 ~700 ms / 2.0 MB, WebP q90 ~55 ms / 190 KB, JPEG q95 4:4:4 ~11 ms / 590 KB at ~45 dB PSNR.
-    The upload is a base64 body or data URL, so the few-hundred-KB JPEG wins on time and on size limits;
-    its loss is far below what the model changes anyway, and only the fill area is kept from the result.
+    bench/bench_preprocess.py on a noisy 1440x1440 photo, 2 cores: PNG level 1 176 ms / 3.3 MB, PNG level 6
+    397 ms / 2.9 MB, WebP lossless 52 ms / 3.0 MB, WebP q90 52 ms / 275 KB (38.4 dB), JPEG q95 4:4:4
+    10 ms / 770 KB (40.1 dB PSNR). Uploads are base64 bodies or data URLs, so a few hundred KB matters; the
+    JPEG loss is far below what the model changes, and outside the mask the user's own pixels are kept.
     """
     if image.mode != "RGB":
         image = image.convert("RGB")
@@ -61,9 +61,7 @@ def encode_mask(mask: Image.Image) -> bytes:
     return _save(mask, "PNG", compress_level=1)
 
 
-def fit_under(
-    images: list[Image.Image], fmt: str, quality: int, max_total_bytes: int
-) -> tuple[list[bytes], list[str]]:
+def fit_under(images: list[Image.Image], fmt: str, quality: int, max_total_bytes: int) -> tuple[list[bytes], list[str]]:
     """Encode all `images`; if together they exceed `max_total_bytes`, lower quality, then downscale.
 
     Returns the encoded files and notices saying what was done. Raises ValueError if even 64 px thumbnails

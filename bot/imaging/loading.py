@@ -71,7 +71,7 @@ def load_image(data: bytes, limits: Limits, *, what: str = "image") -> LoadedIma
     people often paste short clips or stickers and expect the visible picture to be edited.
     """
     image, fmt, notices = decode(data, limits, what=what)
-    return LoadedImage(image=_normalise(image, grey_ok=False), format=fmt, notices=notices)
+    return LoadedImage(image=image, format=fmt, notices=notices)
 
 
 def decode(
@@ -100,8 +100,7 @@ def decode(
         found = _BOMB_PIXELS.search(str(exc))
         pixels = f"{int(found.group(1)) / 1e6:,.0f} megapixels" if found else "far too many pixels"
         raise ImageError(
-            f"{subject} claims to be {pixels}; the limit is {_megapixels(limits.max_pixels)}. "
-            "Attach a smaller picture."
+            f"{subject} claims to be {pixels}; the limit is {_megapixels(limits.max_pixels)}. Attach a smaller picture."
         ) from None
     except Exception as exc:
         raise _broken(subject, exc) from None
@@ -117,12 +116,12 @@ def decode(
             notices.append(f"Animated {_KIND_NAMES[fmt]}{label}: only the first frame is used.")
             image.seek(0)
         image.load()
-    except Image.DecompressionBombError as exc:
-        raise ImageError(f"{subject} is too large to decode safely ({exc}).") from None
+        return _normalise(_upright(image), grey_ok=grey_ok), fmt, tuple(notices)
+    except MemoryError:
+        log.warning("Out of memory decoding a %dx%d %s", width, height, fmt)
+        raise ImageError(f"{subject} is too large to process right now. Try a smaller picture.") from None
     except Exception as exc:
         raise _broken(subject, exc) from None
-
-    return _normalise(_upright(image), grey_ok=grey_ok), fmt, tuple(notices)
 
 
 def _check_size(subject: str, width: int, height: int, limits: Limits) -> None:
@@ -159,20 +158,18 @@ def _upright(image: Image.Image) -> Image.Image:
 def _normalise(image: Image.Image, *, grey_ok: bool) -> Image.Image:
     """Bring any decoded mode to RGB, or RGBA when there is real transparency; drop all metadata."""
     mode = image.mode
-    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
         image = _grey16_to_8(image)
         mode = "L"
     if mode == "1":
         image = image.convert("L")
         mode = "L"
-    if mode in ("L", "LA", "La") and grey_ok:
+    if grey_ok and mode in ("L", "LA"):
         if mode == "L" and image.has_transparency_data:
-            image = image.convert("LA")
-        elif mode == "La":
             image = image.convert("LA")
         if image.mode == "LA" and min_alpha(image) == 255:
             image = image.convert("L")
-    elif mode in ("P", "PA", "L", "LA", "La", "RGB", "RGBa") and image.has_transparency_data:
+    elif mode in ("P", "PA", "L", "LA", "RGB") and image.has_transparency_data:
         image = image.convert("RGBA")
     elif mode not in ("RGB", "RGBA"):
         image = image.convert("RGB")
@@ -186,11 +183,9 @@ def _normalise(image: Image.Image, *, grey_ok: bool) -> Image.Image:
 
 def _grey16_to_8(image: Image.Image) -> Image.Image:
     """Scale 16-bit grey (0..65535) to 8-bit by value, not by clipping, so a 16-bit mask keeps its meaning."""
-    values = np.asarray(image).astype(np.float64)
-    if image.mode == "F" and values.size and float(values.max()) <= 1.0:
-        values = values * 65535.0
-    scaled = np.clip(np.rint(values * (255.0 / 65535.0)), 0, 255).astype(np.uint8)
-    return Image.fromarray(scaled)
+    values = np.clip(np.asarray(image).astype(np.int64), 0, 65535)
+    scaled = (values * 255 + 32767) // 65535
+    return Image.fromarray(scaled.astype(np.uint8))
 
 
 def _broken(subject: str, exc: Exception) -> ImageError:

@@ -126,8 +126,8 @@ def mask_from_alpha(image: Image.Image) -> MaskResult:
 
 def mask_from_region(region: Region, image_size: tuple[int, int]) -> MaskResult:
     """A rectangle mask; a region partly outside the picture is clipped, one wholly outside is an error."""
-    mask, notices = _region_mask(region, image_size)
-    return _finish(mask, "region", notices)
+    mask, notices, filled = _region_mask(region, image_size, invert=False)
+    return _finish(mask, "region", notices, filled=filled)
 
 
 def build_mask(
@@ -141,32 +141,32 @@ def build_mask(
         if region:
             notices.append("Both a mask and a region were given: the mask is used and the region ignored.")
         if has_alpha:
-            notices.append("The picture's transparency is ignored because a mask was attached.")
+            notices.append(
+                "The mask decides what is repainted, not the picture's transparency; "
+                "transparent parts outside the mask stay transparent."
+            )
         mask, more = _attachment_mask(mask_data, size, limits, invert=invert)
         return _finish(mask, "mask", (*notices, *more))
     if region:
         if has_alpha:
             notices.append(
-                "The picture's transparent parts are not repainted because a region was given; "
-                "they stay transparent."
+                "The picture's transparent parts are not repainted because a region was given; they stay transparent."
             )
-        mask, more = _region_mask(parse_region(region), size)
-        source = "region"
-    elif has_alpha:
-        mask, more = _alpha_mask(loaded.image)
-        source = "alpha"
-    else:
+        mask, more, filled = _region_mask(parse_region(region), size, invert=invert)
+        return _finish(mask, "region", (*notices, *more), filled=filled)
+    if not has_alpha:
         raise MaskError(NO_MASK)
+    mask, more = _alpha_mask(loaded.image)
     if invert:
         mask = mask.point(_INVERT)
-    return _finish(mask, source, (*notices, *more))
+    return _finish(mask, "alpha", (*notices, *more))
 
 
 def soften(mask: Image.Image, *, grow: int = 0, feather: int = 0) -> Image.Image:
     """Grow (or with a negative value shrink) the fill area by `grow` px, then blur its edge by `feather` px.
 
-    Growing thresholds the mask at 128 first. Only the area around the fill is processed, which keeps this
-    cheap on big photos with small masks.
+    Growing thresholds the mask at 128 first; feathering is a Gaussian with sigma `feather` (reaching ~3x).
+    Only the area around the fill is processed, which keeps this cheap on big photos with small masks.
     """
     if feather < 0:
         raise ValueError(f"feather must be >= 0, not {feather}")
@@ -181,12 +181,13 @@ def soften(mask: Image.Image, *, grow: int = 0, feather: int = 0) -> Image.Image
     width, height = mask.size
     roi = (max(bbox[0] - pad, 0), max(bbox[1] - pad, 0), min(bbox[2] + pad, width), min(bbox[3] + pad, height))
     values = np.asarray(mask.crop(roi))
-    if grow > 0:
-        keep = np.where(values >= 128, 0, 1).astype(np.uint8)
-        values = np.where(cv2.distanceTransform(keep, cv2.DIST_L2, 5) <= grow, FILL, KEEP).astype(np.uint8)
-    elif grow < 0:
-        fill = np.where(values >= 128, 1, 0).astype(np.uint8)
-        values = np.where(cv2.distanceTransform(fill, cv2.DIST_L2, 5) > -grow, FILL, KEEP).astype(np.uint8)
+    if grow:
+        # Distance to the nearest pixel of the other kind: O(pixels) whatever `grow` is, unlike a dilation.
+        flag = cv2.THRESH_BINARY_INV if grow > 0 else cv2.THRESH_BINARY
+        _, others = cv2.threshold(values, 127, 1, flag)
+        distance = cv2.distanceTransform(others, cv2.DIST_L2, 5)
+        _, grown = cv2.threshold(distance, float(abs(grow)), FILL, flag)
+        values = grown.astype(np.uint8)
     if feather:
         values = cv2.GaussianBlur(values, (0, 0), float(feather))
     out = Image.new("L", mask.size, KEEP)
@@ -206,9 +207,7 @@ def _attachment_mask(
         grey = picture if picture.mode == "L" else picture.convert("L")
     if grey.size != image_size:
         grey = _match_size(grey, image_size)
-        notices.append(
-            f"Mask was {picture.width}x{picture.height}, resized to {image_size[0]}x{image_size[1]}."
-        )
+        notices.append(f"Mask was {picture.width}x{picture.height}, resized to {image_size[0]}x{image_size[1]}.")
     return grey.point(_THRESHOLD_INVERTED if invert else _THRESHOLD), notices
 
 
@@ -256,32 +255,33 @@ def _flat_colour(image: Image.Image, where: Image.Image, count: int) -> str | No
     return names.get((peaks[0], peaks[1], peaks[2]), "#{:02x}{:02x}{:02x}".format(*peaks))
 
 
-def _region_mask(region: Region, image_size: tuple[int, int]) -> tuple[Image.Image, list[str]]:
+def _region_mask(region: Region, image_size: tuple[int, int], *, invert: bool) -> tuple[Image.Image, list[str], int]:
+    """The rectangle as a mask, with notices and its pixel count (a histogram of 12 MP costs ~5 ms)."""
     width, height = image_size
     left, top, right, bottom = region.to_box(image_size)
     if right <= left or bottom <= top:
         raise MaskError(
-            f"The region `{region}` lies outside the {width}x{height} picture. "
-            "x and y count from the top-left corner."
+            f"The region `{region}` lies outside the {width}x{height} picture. x and y count from the top-left corner."
         )
     notices: list[str] = []
     if (left, top, right, bottom) != region.unclipped_box(image_size):
         notices.append(f"The region reached past the picture's edge and was cut to its {width}x{height}.")
-    mask = Image.new("L", image_size, KEEP)
-    mask.paste(FILL, (left, top, right, bottom))
-    return mask, notices
+    mask = Image.new("L", image_size, FILL if invert else KEEP)
+    mask.paste(KEEP if invert else FILL, (left, top, right, bottom))
+    area = (right - left) * (bottom - top)
+    return mask, notices, width * height - area if invert else area
 
 
-def _finish(mask: Image.Image, source: str, notices: tuple[str, ...] | list[str]) -> MaskResult:
-    """Check the coverage of a hard mask and wrap it up."""
-    histogram = mask.histogram()
+def _finish(
+    mask: Image.Image, source: str, notices: tuple[str, ...] | list[str], *, filled: int | None = None
+) -> MaskResult:
+    """Check the coverage of a hard mask (`filled` pixels, counted here unless known) and wrap it up."""
     total = mask.width * mask.height
-    filled = histogram[FILL]
+    if filled is None:
+        filled = mask.histogram()[FILL]
     if filled == 0:
         what = {"mask": "The mask", "alpha": "The transparency", "region": "The region"}[source]
-        raise MaskError(
-            f"{what} selects nothing to repaint: white = repaint, black = keep. Maybe you need `invert`."
-        )
+        raise MaskError(f"{what} selects nothing to repaint: white = repaint, black = keep. Maybe you need `invert`.")
     extra: tuple[str, ...] = ()
     if filled == total:
         extra = ("The fill area covers the whole picture, so all of it will be regenerated.",)

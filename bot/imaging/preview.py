@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
-from PIL import Image, ImageChops, ImageFilter
+from PIL import Image
 
 from bot.imaging.encoding import encode
 
@@ -14,6 +15,8 @@ TINT = (255, 0, 200)
 TINT_STRENGTH = 0.45
 _CHECKER = 8  # px squares behind transparent parts, like image editors show them
 _THRESHOLD = [0] * 128 + [255] * 128
+_OUTER = np.ones((5, 5), dtype=np.uint8)
+_INNER = np.ones((3, 3), dtype=np.uint8)
 
 
 def mask_preview(image: Image.Image, mask: Image.Image, *, max_side: int = 640) -> bytes:
@@ -23,16 +26,18 @@ def mask_preview(image: Image.Image, mask: Image.Image, *, max_side: int = 640) 
     """
     scale = min(1.0, max_side / max(image.size))
     size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-    small = image if size == image.size else image.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+    small = image if size == image.size else image.resize(size, Image.Resampling.BILINEAR, reducing_gap=1.0)
     small = _flatten(small)
     area = mask if mask.mode == "L" else mask.convert("L")
     if area.size != size:
-        area = area.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+        area = area.resize(size, Image.Resampling.BILINEAR, reducing_gap=1.0)
     area = area.point(_THRESHOLD)
     tinted = Image.blend(small, Image.new("RGB", size, TINT), TINT_STRENGTH)
     out = Image.composite(tinted, small, area)
-    outline = ImageChops.difference(area.filter(ImageFilter.MaxFilter(3)), area.filter(ImageFilter.MinFilter(3)))
-    out.paste(TINT, mask=outline)
+    # A ring about 3 px wide straddling the edge; OpenCV's morphology is ~20x faster than Pillow's rank filters.
+    values = np.asarray(area)
+    outline = cv2.dilate(values, _OUTER) - cv2.erode(values, _INNER)
+    out.paste(TINT, mask=Image.fromarray(outline))
     return encode(out, PREVIEW_FORMAT, quality=PREVIEW_QUALITY)
 
 

@@ -48,9 +48,7 @@ BFL_FILL = SizingRule(
 )
 # Kontext resizes to its own preferred resolutions, so it only needs a reasonable picture: cap the long
 # side at 1440, no rounding (rounding would only distort), no upscaling of small pictures.
-KONTEXT = SizingRule(
-    name="kontext", multiple=1, max_side=1440, min_side=32, max_pixels=None, same_size_mask=True
-)
+KONTEXT = SizingRule(name="kontext", multiple=1, max_side=1440, min_side=32, max_pixels=None, same_size_mask=True)
 # Local OpenCV inpainting is O(pixels x radius): 1024 px keeps it to about a second on a small VPS.
 LOCAL = SizingRule(name="local", multiple=1, max_side=1024, min_side=32, max_pixels=None, same_size_mask=True)
 

@@ -36,8 +36,9 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 _MESSAGE_CAP = 300
 _URL_RE = re.compile(r"(?:https?|ftp|wss?)://\S+|www\.\S+", re.IGNORECASE)
 _SECRET_RE = re.compile(r"(Bearer|Token|x-key)\s+\S+|\br8_[A-Za-z0-9]+|whsec_[A-Za-z0-9+/=]+", re.IGNORECASE)
-_RESETS_IN_RE = re.compile(r"resets?\s+in\s+~?\s*(\d+(?:\.\d+)?)\s*(ms|s|sec|secs|seconds?|m|min|minutes?)?\b",
-                           re.IGNORECASE)
+_RESETS_IN_RE = re.compile(
+    r"resets?\s+in\s+~?\s*(\d+(?:\.\d+)?)\s*(ms|s|sec|secs|seconds?|m|min|minutes?)?\b", re.IGNORECASE
+)
 
 
 @dataclass(frozen=True)
@@ -153,8 +154,11 @@ def _problems(body: Any) -> list[str]:
         return lines
     if isinstance(detail, str) and detail.strip():
         # Replicate's 422 detail is a "- input.x: problem" list; keep its lines readable.
-        lines = [line.strip().removeprefix("- ").removeprefix("input.").removeprefix("input: ")
-                 for line in detail.splitlines() if line.strip()]
+        lines = [
+            line.strip().removeprefix("- ").removeprefix("input.").removeprefix("input: ")
+            for line in detail.splitlines()
+            if line.strip()
+        ]
         return lines
     for key in ("message", "error", "msg", "title"):
         value = body.get(key)
@@ -181,8 +185,7 @@ def error_for_response(label: str, response: httpx.Response) -> ProviderError:
         raw = response.text
     except (UnicodeDecodeError, httpx.ResponseNotRead):
         raw = "<undecodable body>"
-    log.debug("%s answered HTTP %s (%s): %s", label, status, response.headers.get("content-type", "?"),
-              _log_text(raw))
+    log.debug("%s answered HTTP %s (%s): %s", label, status, response.headers.get("content-type", "?"), _log_text(raw))
     problems = [clean_text(str(p), 160) for p in _problems(body) if str(p).strip()]
     reason = clean_text("; ".join(problems)) if problems else ""
     if status in (400, 422):
@@ -200,8 +203,7 @@ def error_for_response(label: str, response: httpx.Response) -> ProviderError:
     if status == 429:
         wait = retry_after(response)
         when = f" in about {max(1, round(wait))} s" if wait is not None else " in a minute"
-        return ProviderError("rate_limited", f"{label} is rate-limiting the bot; try again{when}.",
-                             retry_after=wait)
+        return ProviderError("rate_limited", f"{label} is rate-limiting the bot; try again{when}.", retry_after=wait)
     if 500 <= status <= 599:
         return ProviderError("unavailable", f"{label} is having trouble (HTTP {status}); try again in a few minutes.")
     return ProviderError("failed", f"{label} answered with an unexpected error (HTTP {status}).")
@@ -316,16 +318,31 @@ class ProviderHTTP:
             try:
                 response = await self._client.request(method, target, json=json, headers=self._auth)
             except (httpx.TimeoutException, httpx.TransportError) as exc:
-                log.info("%s %s %s: %s (attempt %d/%d)", self.label, method, target.path, type(exc).__name__,
-                         attempt + 1, attempts)
+                log.info(
+                    "%s %s %s: %s (attempt %d/%d)",
+                    self.label,
+                    method,
+                    target.path,
+                    type(exc).__name__,
+                    attempt + 1,
+                    attempts,
+                )
                 if last:
                     raise _transport_error(self.label, exc) from exc
                 await asyncio.sleep(self.retry.backoff(attempt))
                 continue
             if response.status_code in RETRY_STATUSES and not last:
                 delay = self.retry.delay(attempt, retry_after(response))
-                log.info("%s %s %s: HTTP %d, retrying in %.2f s (attempt %d/%d)", self.label, method, target.path,
-                         response.status_code, delay, attempt + 1, attempts)
+                log.info(
+                    "%s %s %s: HTTP %d, retrying in %.2f s (attempt %d/%d)",
+                    self.label,
+                    method,
+                    target.path,
+                    response.status_code,
+                    delay,
+                    attempt + 1,
+                    attempts,
+                )
                 await asyncio.sleep(delay)
                 continue
             return self._json_or_error(response)
@@ -342,8 +359,12 @@ class ProviderHTTP:
         """A create POST: retried only on a clean 429 (no job made) and never once it may have reached the
         provider, because the job may exist and bill."""
         target = self._checked(path)
-        timeout = self.timeout if read_timeout is None else httpx.Timeout(
-            connect=self.timeout.connect, read=read_timeout, write=self.timeout.write, pool=self.timeout.pool
+        timeout = (
+            self.timeout
+            if read_timeout is None
+            else httpx.Timeout(
+                connect=self.timeout.connect, read=read_timeout, write=self.timeout.write, pool=self.timeout.pool
+            )
         )
         sent_headers = {**(headers or {}), **self._auth}
         attempts = max(1, self.retry.attempts)
@@ -370,8 +391,7 @@ class ProviderHTTP:
                 raise error_for_response(self.label, response)
             parsed = _parse_body(response)
             if parsed is None:
-                log.debug("%s POST %s: non-JSON %d body: %s", self.label, target.path, status,
-                          _log_text(response.text))
+                log.debug("%s POST %s: non-JSON %d body: %s", self.label, target.path, status, _log_text(response.text))
                 raise _maybe_submitted(self.label, "accepted the request but returned an unreadable reply")
             return status, parsed
         raise AssertionError("unreachable")  # pragma: no cover
@@ -461,7 +481,8 @@ class Downloader:
                             "The result file is no longer available (the provider deletes results after a while).",
                         )
                     if status in RETRY_STATUSES and not last:
-                        await response.aread()
+                        if status == 429:  # the only error body worth reading: it may carry a wait hint
+                            await response.aread()
                         delay = self.retry.delay(attempt, retry_after(response))
                         log.info("download: HTTP %d, retrying in %.2f s", status, delay)
                         await asyncio.sleep(delay)
@@ -469,8 +490,9 @@ class Downloader:
                     if status == 429:
                         await response.aread()
                         wait = retry_after(response)
-                        raise ProviderError("rate_limited", "The result file host is rate-limiting the bot.",
-                                            retry_after=wait)
+                        raise ProviderError(
+                            "rate_limited", "The result file host is rate-limiting the bot.", retry_after=wait
+                        )
                     if status >= 500:
                         raise ProviderError("unavailable", f"The result file host had an error (HTTP {status}).")
                     if not response.is_success:

@@ -39,14 +39,37 @@ from tests.fakes.common import (
 Outcome = Literal["ready", "request_moderated", "content_moderated", "error", "not_found", "never"]
 ProgressScale = Literal["fraction", "percent", "none"]
 
-FILL_FIELDS = frozenset({
-    "image", "mask", "prompt", "steps", "prompt_upsampling", "seed", "guidance", "output_format",
-    "safety_tolerance", "webhook_url", "webhook_secret",
-})
-KONTEXT_FIELDS = frozenset({
-    "prompt", "input_image", "input_image_2", "input_image_3", "input_image_4", "seed", "aspect_ratio",
-    "output_format", "prompt_upsampling", "safety_tolerance", "webhook_url", "webhook_secret",
-})
+FILL_FIELDS = frozenset(
+    {
+        "image",
+        "mask",
+        "prompt",
+        "steps",
+        "prompt_upsampling",
+        "seed",
+        "guidance",
+        "output_format",
+        "safety_tolerance",
+        "webhook_url",
+        "webhook_secret",
+    }
+)
+KONTEXT_FIELDS = frozenset(
+    {
+        "prompt",
+        "input_image",
+        "input_image_2",
+        "input_image_3",
+        "input_image_4",
+        "seed",
+        "aspect_ratio",
+        "output_format",
+        "prompt_upsampling",
+        "safety_tolerance",
+        "webhook_url",
+        "webhook_secret",
+    }
+)
 
 __all__ = ["BFLJob", "FakeBFL", "Fault"]
 
@@ -161,9 +184,7 @@ class FakeBFL:
         if self.max_active is not None:
             active = sum(1 for j in self.jobs.values() if time.monotonic() - j.created < j.duration)
             if active >= self.max_active:
-                return web.json_response(
-                    {"detail": f"Task limit exceeded: you have {active} active tasks"}, status=429
-                )
+                return web.json_response({"detail": f"Task limit exceeded: you have {active} active tasks"}, status=429)
         source = body["image"] if model == "flux-pro-1.0-fill" else body["input_image"]
         job = BFLJob(
             id=str(uuid.uuid4()),
@@ -222,10 +243,13 @@ class FakeBFL:
             image_dims = self._image_field(body, "image", errors, required=True)
             mask_dims = self._image_field(body, "mask", errors, required=False)
             if image_dims and mask_dims and image_dims != mask_dims:
-                errors.append(_err(
-                    "mask", f"Mask dimensions {mask_dims} do not match image dimensions {image_dims}",
-                    "value_error",
-                ))
+                errors.append(
+                    _err(
+                        "mask",
+                        f"Mask dimensions {mask_dims} do not match image dimensions {image_dims}",
+                        "value_error",
+                    )
+                )
         else:
             if not isinstance(body.get("prompt"), str) or not body["prompt"]:
                 errors.append(_err("prompt", "Field required", "missing"))

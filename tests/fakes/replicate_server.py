@@ -40,8 +40,17 @@ from aiohttp.typedefs import Handler, Middleware
 from PIL import Image, ImageOps
 
 Outcome = Literal[
-    "succeeded", "failed", "nsfw", "nsfw_kontext", "e005", "data_removed", "null_output", "aborted",
-    "canceled", "never", "unknown",
+    "succeeded",
+    "failed",
+    "nsfw",
+    "nsfw_kontext",
+    "e005",
+    "data_removed",
+    "null_output",
+    "aborted",
+    "canceled",
+    "never",
+    "unknown",
 ]
 OutputShape = Literal["auto", "list", "string", "created_data", "url_dict"]
 LogStyle = Literal["it", "percent", "none"]
@@ -57,8 +66,7 @@ NSFW_FILL = "All generated images contained NSFW content. Try running it again w
 NSFW_KONTEXT = "Generated image contained NSFW content. Try running it again with a different prompt."
 E005 = "The input or output was flagged as sensitive. Please try again with different inputs. (E005)"
 FAILED_ERROR = (
-    "CUDA out of memory. Tried to allocate 2.00 GiB; see https://pytorch.org/docs/stable/notes/cuda.html "
-    "for details"
+    "CUDA out of memory. Tried to allocate 2.00 GiB; see https://pytorch.org/docs/stable/notes/cuda.html for details"
 )
 BILLING_DETAIL = (
     "You have insufficient credit to run this model. Go to https://replicate.com/account/billing#billing to "
@@ -79,11 +87,12 @@ class Fault:
     delay: float = 0.0
     retry_after: str | None = None
     resets_in: float | None = None
+    detail: str | None = None
 
     @classmethod
-    def error(cls, status: int = 500) -> Fault:
-        """A problem+json error response with this status."""
-        return cls("status", status=status)
+    def error(cls, status: int = 500, detail: str | None = None) -> Fault:
+        """A problem+json error response with this status (and `detail` text, if given)."""
+        return cls("status", status=status, detail=detail)
 
     @classmethod
     def rate_limited(cls, *, retry_after: str | None = None, resets_in: float | None = None) -> Fault:
@@ -140,8 +149,9 @@ class Recorded:
     server: Literal["api", "cdn", "foreign"]
     kind: Kind
     method: str
-    path: str
+    path: str  # decoded
     headers: dict[str, str]
+    raw_path: str = ""  # as sent, with percent-escapes and query
 
 
 @dataclass
@@ -224,6 +234,7 @@ class FakeReplicate:
         foreign_urls: bool = False,
         bare_created_data: bool = False,
         billing_exhausted: bool = False,
+        honour_wait: bool = True,
     ) -> None:
         self.duration = duration
         self.start_delay = start_delay
@@ -237,6 +248,7 @@ class FakeReplicate:
         self.foreign_urls = foreign_urls
         self.bare_created_data = bare_created_data  # create answers {created, data:[{url}]} (aggregator doc)
         self.billing_exhausted = billing_exhausted
+        self.honour_wait = honour_wait  # False: ignore `Prefer: wait` (aggregator support is unconfirmed)
         self.faults = Faults()
         self.requests: list[Recorded] = []
         self.predictions: dict[str, Prediction] = {}
@@ -355,7 +367,7 @@ class FakeReplicate:
         async def record(request: web.Request, handler: Handler) -> web.StreamResponse:
             kind = self._kind(request)
             headers = {k.lower(): v for k, v in request.headers.items()}
-            self.requests.append(Recorded(server, kind, request.method, request.path, headers))
+            self.requests.append(Recorded(server, kind, request.method, request.path, headers, request.raw_path))
             return await handler(request)
 
         return record
@@ -364,7 +376,7 @@ class FakeReplicate:
         return request.headers.get("Authorization") == f"Bearer {self.token}"
 
     async def _apply(self, request: web.Request, fault: Fault, good: dict[str, Any] | None) -> web.StreamResponse:
-        """Answer with `fault` (None from "slow": carry on normally)."""
+        """Answer with `fault` ("slow" faults are handled by the caller, which then answers normally)."""
         if fault.kind == "status":
             if fault.status == 429:
                 detail = "Request was throttled."
@@ -374,8 +386,10 @@ class FakeReplicate:
                 if fault.retry_after is not None:
                     response.headers["Retry-After"] = fault.retry_after
                 return response
-            return _problem(fault.status, "Internal Server Error" if fault.status >= 500 else "Error",
-                            "Something went wrong" if fault.status >= 500 else "Request refused")
+            default = "Something went wrong" if fault.status >= 500 else "Request refused"
+            return _problem(
+                fault.status, "Internal Server Error" if fault.status >= 500 else "Error", fault.detail or default
+            )
         if fault.kind == "html":
             return web.Response(status=fault.status, text=HTML_502, content_type="text/html")
         text = json.dumps(good or {"id": "x" * 26, "status": "processing", "logs": "", "output": None})
@@ -436,8 +450,9 @@ class FakeReplicate:
             return _problem(404, "Not found", "The requested resource could not be found.")
         extra = [k for k in body if k not in ("input", "webhook", "webhook_events_filter", "version")]
         if extra:
-            return _invalid([("additional_property_not_allowed", "", f"Additional property {k} is not allowed")
-                             for k in extra])
+            return _invalid(
+                [("additional_property_not_allowed", "", f"Additional property {k} is not allowed") for k in extra]
+            )
         inputs = body.get("input")
         if not isinstance(inputs, dict):
             return _invalid([("required", "input", "input is required")])
@@ -456,7 +471,7 @@ class FakeReplicate:
             urls = [{"url": self._file_url(name)} for name in self._visible_files(prediction)]
             return web.json_response({"created": int(time.time()), "data": urls}, status=201)
         headers = {}
-        if wait is not None:
+        if wait is not None and self.honour_wait:
             headers["Preference-Applied"] = f"wait={wait}"
             await self._hold(prediction, wait)
         return web.json_response(self._view(prediction), status=201, headers=headers)
@@ -493,12 +508,19 @@ class FakeReplicate:
             if name not in inputs:
                 return
             value = inputs[name]
-            if isinstance(value, bool) or not isinstance(value, int | float) or (
-                integer and not isinstance(value, int)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or (integer and not isinstance(value, int))
             ):
                 expected = "integer" if integer else "number"
-                problems.append(("invalid_type", f"input.{name}",
-                                 f"Invalid type. Expected: {expected}, given: {type(value).__name__}"))
+                problems.append(
+                    (
+                        "invalid_type",
+                        f"input.{name}",
+                        f"Invalid type. Expected: {expected}, given: {type(value).__name__}",
+                    )
+                )
             elif value > high:
                 problems.append(("number_lte", f"input.{name}", f"Must be less than or equal to {high:g}"))
             elif value < low:
@@ -560,8 +582,18 @@ class FakeReplicate:
             self.files[name] = picture
             names.append(name)
         steps = int(inputs.get("num_inference_steps", inputs.get("steps", 28)))
-        return Prediction(pid, model, dict(inputs), time.monotonic(), _now_iso(), self.outcome, self.duration,
-                          self.start_delay, names, steps)
+        return Prediction(
+            pid,
+            model,
+            dict(inputs),
+            time.monotonic(),
+            _now_iso(),
+            self.outcome,
+            self.duration,
+            self.start_delay,
+            names,
+            steps,
+        )
 
     def _file_url(self, name: str) -> str:
         return f"{self.cdn_url}/files/{name}"
@@ -581,7 +613,10 @@ class FakeReplicate:
         if p.outcome == "never" or elapsed < p.duration:
             return "warming_up" if p.outcome == "unknown" else "processing"
         return {
-            "failed": "failed", "nsfw": "failed", "nsfw_kontext": "failed", "e005": "failed",
+            "failed": "failed",
+            "nsfw": "failed",
+            "nsfw_kontext": "failed",
+            "e005": "failed",
             "canceled": "canceled",
         }.get(p.outcome, "succeeded")
 
@@ -627,9 +662,16 @@ class FakeReplicate:
 
     def _view(self, p: Prediction) -> dict[str, Any]:
         status = self._status(p)
-        error: str | None = {
-            "failed": FAILED_ERROR, "nsfw": NSFW_FILL, "nsfw_kontext": NSFW_KONTEXT, "e005": E005,
-        }.get(p.outcome) if status == "failed" else None
+        error: str | None = (
+            {
+                "failed": FAILED_ERROR,
+                "nsfw": NSFW_FILL,
+                "nsfw_kontext": NSFW_KONTEXT,
+                "e005": E005,
+            }.get(p.outcome)
+            if status == "failed"
+            else None
+        )
         links = self._urls.get("foreign", self._urls["api"]) if self.foreign_urls else self.base_url
         if self.foreign_urls:
             links += "/v1"

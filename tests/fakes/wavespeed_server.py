@@ -36,17 +36,29 @@ from tests.fakes.common import (
 )
 
 MODEL = "wavespeed-ai/flux-fill-dev"
-FIELDS = frozenset({
-    "image", "mask_image", "prompt", "size", "num_inference_steps", "seed", "guidance_scale", "num_images",
-    "loras", "enable_safety_checker", "enable_sync_mode", "enable_base64_output",
-})
+FIELDS = frozenset(
+    {
+        "image",
+        "mask_image",
+        "prompt",
+        "size",
+        "num_inference_steps",
+        "seed",
+        "guidance_scale",
+        "num_images",
+        "loras",
+        "enable_safety_checker",
+        "enable_sync_mode",
+        "enable_base64_output",
+    }
+)
 FAIL_ERRORS = {
     1200: "Content flagged by moderation: sexual content detected in prompt",
     1400: "missing parameter: prompt",
     1401: "invalid parameter: size",
     1402: "failed to download media from https://example.invalid/img.png",
-    1403: "task failed",
-    1405: "task failed after retries",
+    1403: "task failed: worker crashed (exit code 137)",
+    1405: "task failed after 3 retries on node gpu-17",
     5000: "internal server error",
     5003: "service unavailable",
     5004: "task timed out",
@@ -240,9 +252,7 @@ class FakeWaveSpeed:
             if job.base64_outputs:
                 data["outputs"] = [base64.b64encode(o).decode() for o in job.outputs]
             else:
-                data["outputs"] = [
-                    f"{self.delivery.origin}/outputs/{job.id}/{i}.png" for i in range(len(job.outputs))
-                ]
+                data["outputs"] = [f"{self.delivery.origin}/outputs/{job.id}/{i}.png" for i in range(len(job.outputs))]
             data["has_nsfw_contents"] = list(job.nsfw)
             data["timings"] = {"inference": int(job.duration * 1000)}
         elif status == "failed":

@@ -1,0 +1,154 @@
+"""The Discord bot: `create_bot(settings)` builds it with its dependencies, without connecting.
+
+Extensions in `cogs/` are loaded in `setup_hook`, result buttons are registered as dynamic items, and jobs
+that were running when the bot stopped are resumed. Commands are synced on purpose (`fillbot sync`), never
+on every start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.config import Settings
+from bot.errors import UserError
+from bot.service import FillService
+from bot.storage import Storage
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS = ("cogs.fill", "cogs.settings", "cogs.history")
+
+
+class FillTree(app_commands.CommandTree["FillBot"]):
+    """One error handler: user errors become ephemeral messages; anything else is logged with context."""
+
+    async def on_error(self, interaction: discord.Interaction[FillBot], error: app_commands.AppCommandError) -> None:
+        original = error.original if isinstance(error, app_commands.CommandInvokeError) else error
+        if isinstance(original, UserError):
+            await send_ephemeral(interaction, original.message)
+            return
+        if isinstance(original, app_commands.CheckFailure | app_commands.TransformerError):
+            await send_ephemeral(interaction, str(original) or "You cannot use this command here.")
+            return
+        command = interaction.command.qualified_name if interaction.command else "?"
+        log.error(
+            "command %s failed (guild %s, channel %s, user %s)",
+            command, interaction.guild_id, interaction.channel_id, interaction.user.id, exc_info=original,
+        )
+        await send_ephemeral(interaction, "Sorry, something went wrong on our side. The error was logged.")
+
+
+async def send_ephemeral(interaction: discord.Interaction[Any], message: str) -> None:
+    """Answer only the user, whether or not the interaction was already acknowledged."""
+    try:
+        if interaction.response.is_done():
+            await interaction.followup.send(message, ephemeral=True)
+        else:
+            await interaction.response.send_message(message, ephemeral=True)
+    except discord.HTTPException as exc:
+        log.warning("could not send an error message: %s", exc.status)
+
+
+class FillBot(commands.Bot):
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        service: FillService | None = None,
+        storage: Storage | None = None,
+        edit_interval: float = 1.5,
+        recover: bool = True,
+    ) -> None:
+        # No message content or member intents: everything arrives as interactions.
+        intents = discord.Intents.none()
+        intents.guilds = True
+        super().__init__(
+            command_prefix=commands.when_mentioned, intents=intents, help_command=None, tree_cls=FillTree
+        )
+        self.settings = settings
+        self.service = service or FillService(settings)
+        self._storage = storage
+        self.edit_interval = edit_interval
+        self.recover = recover
+        from cogs.jobflow import JobFlow  # cogs import bot.app for typing only
+
+        self.flow = JobFlow(self)
+
+    @property
+    def storage(self) -> Storage:
+        if self._storage is None:
+            raise RuntimeError("storage is opened in setup_hook")
+        return self._storage
+
+    async def setup_hook(self) -> None:
+        if self._storage is None:
+            self._storage = await Storage.open(self.settings.database_path)
+        from cogs.buttons import DYNAMIC_ITEMS
+
+        for extension in EXTENSIONS:
+            await self.load_extension(extension)
+        self.add_dynamic_items(*DYNAMIC_ITEMS)
+        purged = await self.storage.purge(self.settings.history_days)
+        if purged:
+            log.info("purged %d jobs older than %d days", purged, self.settings.history_days)
+        if self.recover:
+            await self.flow.resume_all()
+
+    async def spoiler_flagged(self, guild_id: int | None, channel_nsfw: bool) -> bool:
+        """Flagged outputs are shown (spoilered) only in age-restricted channels of servers that chose so."""
+        if guild_id is None or not channel_nsfw:
+            return False
+        settings = await self.storage.guild_settings(guild_id)
+        return settings.flagged_outputs == "spoiler"
+
+    async def close(self) -> None:
+        await self.flow.aclose()
+        await self.service.aclose()
+        if self._storage is not None:
+            await self._storage.close()
+        await super().close()
+
+
+def create_bot(
+    settings: Settings,
+    *,
+    service: FillService | None = None,
+    storage: Storage | None = None,
+    edit_interval: float = 1.5,
+    recover: bool = True,
+) -> FillBot:
+    """Build the bot and its dependencies without connecting (tests and tools use this too)."""
+    return FillBot(settings, service=service, storage=storage, edit_interval=edit_interval, recover=recover)
+
+
+def run_bot(settings: Settings) -> int:
+    token = settings.require_discord_token()
+    bot = create_bot(settings)
+    bot.run(token.reveal(), log_handler=None)
+    return 0
+
+
+async def sync_commands(settings: Settings, *, guild_id: int | None = None) -> int:
+    """Register the slash commands: to one server (instant) or globally (can take up to an hour)."""
+    token = settings.require_discord_token()
+    guild_id = guild_id or settings.dev_guild_id
+    bot = create_bot(settings, recover=False)
+    async with bot:
+        await bot.login(token.reveal())
+        if guild_id is not None:
+            guild = discord.Object(id=guild_id)
+            bot.tree.copy_global_to(guild=guild)
+            synced = await bot.tree.sync(guild=guild)
+            where = f"server {guild_id}"
+        else:
+            synced = await bot.tree.sync()
+            where = "all servers (may take up to an hour to appear)"
+        print(f"Synced {len(synced)} commands to {where}: {', '.join(c.name for c in synced)}")
+    await asyncio.sleep(0)
+    return 0

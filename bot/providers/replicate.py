@@ -1,0 +1,341 @@
+"""Replicate's prediction API (providers.md §1), official or through an aggregator serving it elsewhere (§2).
+
+Every request is built from the configured base URL: the `urls.get`/`urls.cancel` links in a prediction point at
+api.replicate.com even behind an aggregator, where following them would hand the aggregator's token to Replicate.
+Output files are fetched by the credential-free `Downloader` (replicate-python leaks the token there, §5.1).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import re
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from bot.config import ProviderSettings
+from bot.errors import ConfigError, ProviderError
+from bot.providers.base import Handle, InputImage, Output, Provider, ProviderJob, State, Status
+from bot.providers.http import Downloader, ProviderHTTP, RetryPolicy, clean_text
+
+log = logging.getLogger(__name__)
+
+OFFICIAL_HOST = "api.replicate.com"
+MAX_WAIT = 60  # `Prefer: wait=n` accepts 1..60; 0 and larger values are undocumented (§1)
+_READ_MARGIN = 5.0
+_DETAIL_CAP = 2000
+_REMEMBERED_JOBS = 1024
+_LARGE_DATA_URI = 1024 * 1024  # Replicate recommends data URIs only up to 256 KB–1 MB (§1)
+
+# replicate-python's Prediction.Progress pattern, and cog-flux's length-less tqdm ("28it [00:05, 5.2it/s]").
+_TQDM_PERCENT = re.compile(r"^\s*(\d+)%\s*\|.+?\|\s*(\d+)/(\d+)")
+_TQDM_COUNT = re.compile(r"(\d+)it \[")
+_SEED = re.compile(r"Using seed:\s*(-?\d+)")
+_MODERATION = re.compile(r"nsfw|flagged as sensitive|\bE005\b|content moderation|safety filter", re.IGNORECASE)
+
+_STATES = {
+    "starting": State.STARTING,
+    "processing": State.RUNNING,
+    "succeeded": State.SUCCEEDED,
+    "failed": State.FAILED,
+    "canceled": State.CANCELED,
+    "aborted": State.TIMED_OUT,
+}
+
+_MSG_MODERATED = "The provider's safety checker blocked this result; try a different prompt or picture."
+_MSG_CANCELED = "The job was canceled at the provider."
+_MSG_ABORTED = "The provider gave up before starting the job (its deadline passed); nothing was charged."
+_MSG_EXPIRED = "The provider already deleted this result (Replicate keeps results for one hour)."
+
+
+@dataclass(frozen=True)
+class _Asked:
+    """What we asked for, remembered between submit and poll for drop counts and step-based progress."""
+
+    outputs: int
+    steps: int | None
+
+
+def parse_progress(logs: str | None, steps: int | None = None) -> float | None:
+    """Progress 0..1 from prediction logs, or None when the logs carry no usable progress.
+
+    A tqdm percentage bar wins (replicate-python's rule, last matching line); cog-flux's bare "Nit [" counter
+    only means something against the requested step count, and is kept below 1 because decoding follows.
+    """
+    if not logs:
+        return None
+    for line in reversed(re.split(r"[\r\n]+", logs)):
+        match = _TQDM_PERCENT.match(line)
+        if match is not None:
+            return min(1.0, max(0.0, int(match.group(1)) / 100))
+        counted = _TQDM_COUNT.search(line)
+        if counted is not None:
+            if not steps or steps <= 0:
+                return None
+            return min(0.99, int(counted.group(1)) / steps)
+    return None
+
+
+def output_refs(output: Any) -> list[str]:
+    """File references from any output shape seen: a list (fill-dev), a string (kontext, pro), a {"url"}
+    object, or the aggregator doc's OpenAI-like {"created", "data": [{"url"}]}."""
+    if output is None:
+        return []
+    if isinstance(output, str):
+        return [output] if output.strip() else []
+    if isinstance(output, list):
+        return [ref for item in output for ref in output_refs(item)]
+    if isinstance(output, Mapping):
+        if isinstance(output.get("data"), list):
+            return output_refs(output["data"])
+        for key in ("url", "uri", "b64_json"):
+            value = output.get(key)
+            if isinstance(value, str) and value.strip():
+                return [value]
+    return []
+
+
+def _openai_like(data: Mapping[str, Any]) -> bool:
+    """The aggregator doc's `{"created", "data": [{"url"}]}` reply, which has no status of its own (§2)."""
+    return "status" not in data and isinstance(data.get("data"), list) and bool(output_refs(data["data"]))
+
+
+def _int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return None
+
+
+def _error_text(error: Any) -> str:
+    if error is None:
+        return ""
+    if isinstance(error, str):
+        return error
+    try:
+        return json.dumps(error, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return repr(error)
+
+
+def _short_reason(text: str) -> str:
+    """One safe line from a model error: the last line of a traceback, else the first line; no URLs, capped."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    line = lines[-1] if any(line.startswith("Traceback") for line in lines) else lines[0]
+    return clean_text(line, 200)
+
+
+def _data_uri(image: InputImage) -> str:
+    return f"data:{image.mime};base64,{base64.b64encode(image.data).decode('ascii')}"
+
+
+class ReplicateProvider(Provider):
+    """flux-fill-dev / flux-kontext-dev through Replicate's `models/{owner}/{name}/predictions` endpoint."""
+
+    name = "replicate"
+    supports_cancel = True
+
+    def __init__(
+        self,
+        settings: ProviderSettings,
+        downloader: Downloader,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        wait_seconds: int = 60,
+        retry: RetryPolicy | None = None,
+        timeout: httpx.Timeout | None = None,
+    ) -> None:
+        if settings.api_key is None:
+            raise ConfigError("REPLICATE_API_TOKEN is not set, so the Replicate provider cannot be used.")
+        self.wait_seconds = max(1, min(MAX_WAIT, int(wait_seconds)))
+        host = httpx.URL(settings.base_url).host
+        # Users see this label; the aggregator's host name stays in the operator's logs.
+        self.label = "Replicate" if host == OFFICIAL_HOST else "The Replicate-compatible service"
+        if host != OFFICIAL_HOST:
+            log.info("Replicate provider uses a Replicate-compatible service at %s", host)
+        self._http = ProviderHTTP(
+            label=self.label,
+            base_url=settings.base_url,
+            auth_headers={"Authorization": f"Bearer {settings.api_key.reveal()}"},
+            timeout=timeout,
+            retry=retry or RetryPolicy(),
+            transport=transport,
+        )
+        self._downloader = downloader
+        self._asked: OrderedDict[str, _Asked] = OrderedDict()
+
+    # ---- Provider API -----------------------------------------------------------------------------------
+
+    async def submit(self, job: ProviderJob) -> tuple[Handle, Status]:
+        """Create the prediction and hold up to `wait_seconds` for it (sync mode); often it is already done."""
+        owner, _, model = job.spec.model.partition("/")
+        path = f"models/{quote(owner, safe='')}/{quote(model, safe='')}/predictions"
+        body = {"input": self._input(job)}
+        try:
+            status_code, data = await self._http.post_json(
+                path,
+                body,
+                headers={"Prefer": f"wait={self.wait_seconds}"},
+                read_timeout=self.wait_seconds + _READ_MARGIN,
+            )
+        except ProviderError as exc:
+            if exc.kind == "invalid_input" and "parse request body" in exc.message.lower():
+                # Replicate's answer to an oversized data URI (§1, replicate-go#24).
+                raise ProviderError(
+                    "invalid_input",
+                    f"{self.label} could not read the request; the picture is probably too large to send. "
+                    "Try a smaller image.",
+                ) from exc
+            raise
+        asked = _Asked(outputs=_int(job.params.get("outputs")) or 1, steps=_int(job.params.get("steps")))
+        if not isinstance(data, Mapping):
+            raise self._unreadable_create(status_code, data)
+        job_id = data.get("id")
+        if not isinstance(job_id, str) or not job_id:
+            if _openai_like(data):  # a finished reply without a prediction id
+                handle = Handle(provider=self.name, job_id=f"sync-{data.get('created', 'unknown')}")
+                return handle, self._status(data, asked)
+            raise self._unreadable_create(status_code, data)
+        self._remember(job_id, asked)
+        log.info("%s: created prediction %s (HTTP %d, status %s)", self.label, job_id, status_code, data.get("status"))
+        status = self._status(data, asked)
+        if status.state.terminal:
+            self._asked.pop(job_id, None)
+        return Handle(provider=self.name, job_id=job_id), status
+
+    async def poll(self, handle: Handle) -> Status:
+        """GET the prediction from the configured base (never from `urls.get`)."""
+        if handle.job_id.startswith("sync-"):
+            # An OpenAI-style reply finished at once and has no id to look up again.
+            raise ProviderError("expired", f"{self.label} answered this job at once; it can't be looked up again.")
+        data = await self._http.get_json(f"predictions/{quote(handle.job_id, safe='')}")
+        if not isinstance(data, Mapping):
+            raise ProviderError("bad_response", f"{self.label} returned a prediction the bot cannot read.")
+        status = self._status(data, self._asked.get(handle.job_id))
+        if status.state.terminal:
+            self._asked.pop(handle.job_id, None)
+        return status
+
+    async def cancel(self, handle: Handle) -> None:
+        """Best effort: failures are logged, because the job ends on our side either way."""
+        if handle.job_id.startswith("sync-"):
+            return
+        try:
+            await self._http.request_json("POST", f"predictions/{quote(handle.job_id, safe='')}/cancel", retry=True)
+        except ProviderError as exc:
+            log.warning("%s: cancel of %s failed (%s): %s", self.label, handle.job_id, exc.kind, exc.message)
+        finally:
+            self._asked.pop(handle.job_id, None)
+
+    async def download(self, output: Output) -> bytes:
+        return await self._downloader.fetch(output.ref)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # ---- helpers ----------------------------------------------------------------------------------------
+
+    def _input(self, job: ProviderJob) -> dict[str, Any]:
+        inputs: dict[str, Any] = dict(job.spec.wire_input(job.params))
+        if job.spec.uses_prompt:
+            inputs["prompt"] = job.prompt
+        if job.spec.operation == "edit":
+            inputs["input_image"] = _data_uri(job.image)
+        else:
+            if job.mask is None:
+                # flux-fill-dev's alpha-mask path is missing in the public source (§1): always send a mask.
+                raise ValueError("a fill job needs an explicit mask")
+            inputs["image"] = _data_uri(job.image)
+            inputs["mask"] = _data_uri(job.mask)
+        size = sum(len(v) for v in inputs.values() if isinstance(v, str) and v.startswith("data:"))
+        if size > _LARGE_DATA_URI:
+            log.warning("%s: sending %d KB of data URIs; Replicate recommends at most 1 MB", self.label, size // 1024)
+        return inputs
+
+    def _remember(self, job_id: str, asked: _Asked) -> None:
+        self._asked[job_id] = asked
+        while len(self._asked) > _REMEMBERED_JOBS:
+            self._asked.popitem(last=False)
+
+    def _unreadable_create(self, status_code: int, data: Any) -> ProviderError:
+        log.warning("%s: create answered HTTP %d without a prediction id: %.300r", self.label, status_code, data)
+        return ProviderError(
+            "maybe_submitted",
+            f"{self.label} accepted the job but sent a reply the bot cannot track, so the job may have been "
+            "submitted; check before retrying to avoid paying twice.",
+        )
+
+    def _status(self, data: Mapping[str, Any], asked: _Asked | None) -> Status:
+        """Map one prediction object to a Status (messages safe for users, raw text in `detail`)."""
+        if _openai_like(data):
+            data = {"status": "succeeded", "output": dict(data)}
+        raw = str(data.get("status") or "")
+        echoed_raw = data.get("input")
+        echoed: Mapping[str, Any] = echoed_raw if isinstance(echoed_raw, Mapping) else {}
+        wanted = asked.outputs if asked else _int(echoed.get("num_outputs")) or 1
+        steps = asked.steps if asked and asked.steps else _int(echoed.get("num_inference_steps"))
+        logs = data.get("logs") if isinstance(data.get("logs"), str) else None
+        extra = self._extra(data, logs)
+        state = _STATES.get(raw)
+        if state is None:
+            log.info("%s: unknown prediction status %r, treating it as running", self.label, raw)
+            return Status(State.RUNNING, progress=parse_progress(logs, steps), raw_status=raw, extra=extra)
+        if state in (State.STARTING, State.RUNNING):
+            progress = parse_progress(logs, steps) if state is State.RUNNING else None
+            return Status(state, progress=progress, raw_status=raw, extra=extra)
+        if state is State.SUCCEEDED:
+            refs = output_refs(data.get("output"))
+            if data.get("data_removed") is True or data.get("output") is None:
+                return Status(
+                    State.EXPIRED,
+                    message=_MSG_EXPIRED,
+                    raw_status=raw,
+                    extra=extra,
+                    detail="data_removed" if data.get("data_removed") else "output is null",
+                )
+            outputs = tuple(Output(ref) for ref in refs)
+            return Status(
+                State.SUCCEEDED,
+                progress=1.0,
+                outputs=outputs,
+                dropped=max(0, wanted - len(outputs)),
+                raw_status=raw,
+                extra=extra,
+            )
+        if state is State.FAILED:
+            text = _error_text(data.get("error"))
+            detail = text[:_DETAIL_CAP]
+            if _MODERATION.search(text):
+                return Status(State.MODERATED, message=_MSG_MODERATED, detail=detail, raw_status=raw, extra=extra)
+            reason = _short_reason(text)
+            message = f"The model failed: {reason}" if reason else "The model failed without giving a reason."
+            return Status(State.FAILED, message=message, detail=detail, raw_status=raw, extra=extra)
+        if state is State.CANCELED:
+            return Status(State.CANCELED, message=_MSG_CANCELED, raw_status=raw, extra=extra)
+        return Status(State.TIMED_OUT, message=_MSG_ABORTED, raw_status=raw, extra=extra)
+
+    @staticmethod
+    def _extra(data: Mapping[str, Any], logs: str | None) -> dict[str, str]:
+        extra: dict[str, str] = {}
+        metrics = data.get("metrics")
+        if isinstance(metrics, Mapping):
+            for key in ("predict_time", "total_time"):
+                if isinstance(metrics.get(key), int | float):
+                    extra[key] = f"{metrics[key]:.2f}"
+        seed = _SEED.search(logs or "")
+        if seed is not None:
+            extra["seed"] = seed.group(1)
+        return extra

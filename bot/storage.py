@@ -1,0 +1,673 @@
+"""SQLite persistence: jobs (recorded before they are submitted, so they survive a restart), their inputs, and
+per-server moderation settings, overrides, blocked terms and the audit log of every moderator change.
+
+One aiosqlite connection in autocommit mode. Every statement runs under one asyncio.Lock and writes that belong
+together run in an explicit `BEGIN IMMEDIATE` transaction, so two coroutines never interleave inside one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
+from importlib import resources
+from pathlib import Path
+from types import TracebackType
+from typing import Any, cast
+
+import aiosqlite
+
+from bot.guild_settings import (
+    MAX_TERMS_PER_GUILD,
+    SETTING_NAMES,
+    AuditEntry,
+    BlockedTerm,
+    ChannelOverride,
+    GuildSettings,
+    SettingsError,
+    apply_changes,
+    check_override_safety,
+    check_term,
+    format_value,
+    settings_from_stored,
+    term_key,
+)
+from bot.params import Operation
+from bot.providers.base import State
+
+log = logging.getLogger(__name__)
+
+JOB_STATUSES: tuple[str, ...] = tuple(s.value for s in State)
+ACTIVE_STATUSES: tuple[str, ...] = tuple(s.value for s in State if not s.terminal)
+FINISHED_STATUSES: tuple[str, ...] = tuple(s.value for s in State if s.terminal)
+# Jobs that use up a daily quota: everything except failures that were the provider's or ours.
+QUOTA_STATUSES: tuple[str, ...] = tuple(s for s in JOB_STATUSES if s not in ("failed", "timed_out"))
+QUOTA_WINDOW_SECONDS = 86_400.0  # quotas are per rolling 24 hours
+INPUT_RETENTION_DAYS = 7  # user-uploaded pictures are the heaviest and most personal data: keep them briefly
+
+_MIGRATION_FILE = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def load_migrations(package: str = "bot.migrations") -> tuple[Migration, ...]:
+    """The package's `NNN_name.sql` files in version order; a repeated number is a packaging mistake."""
+    found: list[Migration] = []
+    for entry in resources.files(package).iterdir():
+        match = _MIGRATION_FILE.match(entry.name)
+        if match is None:
+            if entry.name.endswith(".sql"):
+                raise RuntimeError(f"migration file {entry.name!r} is not named NNN_name.sql")
+            continue
+        found.append(Migration(int(match.group(1)), match.group(2), entry.read_text(encoding="utf-8")))
+    found.sort(key=lambda m: m.version)
+    versions = [m.version for m in found]
+    if len(set(versions)) != len(versions):
+        raise RuntimeError(f"two migrations share a number in {package}: {versions}")
+    return tuple(found)
+
+
+def _statements(sql: str) -> Iterator[str]:
+    """Split a script into statements (sqlite3's own tokenizer decides where one ends), so a migration can run
+    inside our transaction; `executescript` would commit it halfway."""
+    buffer = ""
+    for piece in re.split(r"(?<=;)", sql):
+        buffer += piece
+        if sqlite3.complete_statement(buffer):
+            yield buffer.strip()
+            buffer = ""
+    if buffer.strip():
+        yield buffer.strip()
+
+
+@dataclass(frozen=True)
+class OutputMeta:
+    """One delivered image, as stored in `jobs.outputs`."""
+
+    filename: str
+    width: int
+    height: int
+    flagged: bool = False
+    bytes: int = 0
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "filename": self.filename, "width": self.width, "height": self.height,
+            "flagged": self.flagged, "bytes": self.bytes,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> OutputMeta:
+        return cls(
+            filename=str(data["filename"]), width=int(data["width"]), height=int(data["height"]),
+            flagged=bool(data.get("flagged", False)), bytes=int(data.get("bytes", 0)),
+        )
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """One row of `jobs`. `request` and `handle` stay JSON text: their owners (params, providers) decode them."""
+
+    id: str
+    kind: Operation
+    user_id: int
+    guild_id: int | None
+    channel_id: int
+    provider: str
+    model: str
+    request: str
+    prompt: str
+    application_id: int
+    status: str = "queued"
+    handle: str | None = None
+    interaction_token: str | None = None
+    token_expires_at: float | None = None
+    reply_message_id: int | None = None
+    outputs: tuple[OutputMeta, ...] = ()
+    seed: int | None = None
+    error: str | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    finished_at: float | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED_STATUSES
+
+
+_JOB_COLUMNS = (
+    "id", "kind", "user_id", "guild_id", "channel_id", "provider", "model", "status", "handle", "request", "prompt",
+    "application_id", "interaction_token", "token_expires_at", "reply_message_id", "outputs", "seed", "error",
+    "created_at", "updated_at", "finished_at",
+)
+_SELECT_JOB = f"SELECT {', '.join(_JOB_COLUMNS)} FROM jobs"
+
+
+def _encode_outputs(outputs: Iterable[OutputMeta]) -> str:
+    return json.dumps([o.to_dict() for o in outputs])
+
+
+def _job_from_row(row: sqlite3.Row) -> JobRecord:
+    return JobRecord(
+        id=row["id"], kind=cast(Operation, row["kind"]), user_id=row["user_id"], guild_id=row["guild_id"],
+        channel_id=row["channel_id"], provider=row["provider"], model=row["model"], request=row["request"],
+        prompt=row["prompt"], application_id=row["application_id"], status=row["status"], handle=row["handle"],
+        interaction_token=row["interaction_token"], token_expires_at=row["token_expires_at"],
+        reply_message_id=row["reply_message_id"],
+        outputs=tuple(OutputMeta.from_dict(o) for o in json.loads(row["outputs"])),
+        seed=row["seed"], error=row["error"], created_at=row["created_at"], updated_at=row["updated_at"],
+        finished_at=row["finished_at"],
+    )
+
+
+def _optional(kind: type | tuple[type, ...], name: str) -> Callable[[object], object]:
+    def check(value: object) -> object:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, kind)):
+            raise TypeError(f"update_job: {name} must be {kind} or None, not {value!r}")
+        return value
+
+    return check
+
+
+def _status(value: object) -> object:
+    if value not in JOB_STATUSES:
+        raise ValueError(f"update_job: unknown status {value!r}")
+    return value
+
+
+def _outputs(value: object) -> object:
+    if not isinstance(value, Sequence) or not all(isinstance(o, OutputMeta) for o in value):
+        raise TypeError(f"update_job: outputs must be a sequence of OutputMeta, not {value!r}")
+    return _encode_outputs(cast(Sequence[OutputMeta], value))
+
+
+# Columns update_job may change, with the check/encoding for each. Identity columns never change.
+_UPDATABLE: dict[str, Callable[[object], object]] = {
+    "status": _status,
+    "handle": _optional(str, "handle"),
+    "interaction_token": _optional(str, "interaction_token"),
+    "token_expires_at": _optional((int, float), "token_expires_at"),
+    "reply_message_id": _optional(int, "reply_message_id"),
+    "outputs": _outputs,
+    "seed": _optional(int, "seed"),
+    "error": _optional(str, "error"),
+    "finished_at": _optional((int, float), "finished_at"),
+}
+
+
+def _placeholders(values: Sequence[object]) -> str:
+    return ", ".join("?" for _ in values)
+
+
+class Storage:
+    """The bot's database. Open with `await Storage.open(path)` (or `async with await Storage.open(...)`)."""
+
+    def __init__(self, db: aiosqlite.Connection, *, clock: Callable[[], float] = time.time) -> None:
+        self._db = db
+        self._clock = clock
+        self._lock = asyncio.Lock()
+        self._settings: dict[int, GuildSettings] = {}
+        self._overrides: dict[int, dict[int, ChannelOverride]] = {}
+        self._terms: dict[int, tuple[BlockedTerm, ...]] = {}
+
+    @classmethod
+    async def open(
+        cls,
+        path: str | Path,
+        *,
+        clock: Callable[[], float] = time.time,
+        migrations: Sequence[Migration] | None = None,
+    ) -> Storage:
+        """Open (creating the file and its folder on first start) and bring the schema up to date."""
+        target = str(path)
+        in_memory = target == ":memory:"
+        if not in_memory:
+            Path(target).parent.mkdir(parents=True, exist_ok=True)
+        db = await aiosqlite.connect(target, isolation_level=None)
+        try:
+            db.row_factory = sqlite3.Row
+            await db.execute("PRAGMA foreign_keys = ON")
+            await db.execute("PRAGMA busy_timeout = 5000")
+            if not in_memory:
+                # WAL lets readers (a backup, sqlite3 shell) work while the bot writes.
+                await db.execute("PRAGMA journal_mode = WAL")
+                await db.execute("PRAGMA synchronous = NORMAL")
+            storage = cls(db, clock=clock)
+            await storage._migrate(load_migrations() if migrations is None else migrations)
+        except BaseException:
+            await db.close()
+            raise
+        return storage
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def __aenter__(self) -> Storage:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    # -- plumbing -------------------------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._lock:
+            if self._db.in_transaction:
+                # Only possible if a ROLLBACK was itself interrupted (task cancelled at the wrong moment).
+                log.warning("rolling back a transaction left open")
+                await self._db.execute("ROLLBACK")
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise
+            await self._db.execute("COMMIT")
+
+    async def _rows(self, sql: str, params: Sequence[object] = ()) -> list[sqlite3.Row]:
+        async with self._lock:
+            return await self._rows_unlocked(sql, params)
+
+    async def _rows_unlocked(self, sql: str, params: Sequence[object] = ()) -> list[sqlite3.Row]:
+        async with self._db.execute(sql, params) as cursor:
+            return list(await cursor.fetchall())
+
+    async def _execute(self, sql: str, params: Sequence[object] = ()) -> int:
+        """Run one statement (inside a transaction); return how many rows it changed."""
+        async with self._db.execute(sql, params) as cursor:
+            return cursor.rowcount
+
+    async def _migrate(self, migrations: Sequence[Migration]) -> None:
+        async with self._lock:
+            await self._db.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
+            )
+        known = {m.version for m in migrations}
+        newer = [r["version"] for r in await self._rows("SELECT version FROM schema_migrations")
+                 if r["version"] not in known]
+        if newer:
+            raise RuntimeError(f"the database has migrations this version does not know: {sorted(newer)}")
+        for migration in migrations:
+            async with self._transaction():
+                # Checked inside the transaction, so two processes starting at once apply it once.
+                if await self._rows_unlocked("SELECT 1 FROM schema_migrations WHERE version = ?",
+                                             (migration.version,)):
+                    continue
+                log.info("applying migration %03d_%s", migration.version, migration.name)
+                for statement in _statements(migration.sql):
+                    await self._execute(statement)
+                await self._execute(
+                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                    (migration.version, migration.name, self._clock()),
+                )
+
+    async def applied_migrations(self) -> list[int]:
+        return [r["version"] for r in await self._rows("SELECT version FROM schema_migrations ORDER BY version")]
+
+    # -- jobs -----------------------------------------------------------------------------------------------
+
+    async def create_job(self, record: JobRecord, inputs_original: bytes, inputs_mask: bytes | None) -> JobRecord:
+        """Record a job and its inputs in one transaction, before it is submitted, so a restart can finish it.
+
+        `created_at`/`updated_at` are stamped from the clock; the stored record is returned.
+        """
+        now = self._clock()
+        stored = replace(record, created_at=now, updated_at=now)
+        values = [getattr(stored, c) for c in _JOB_COLUMNS]
+        values[_JOB_COLUMNS.index("outputs")] = _encode_outputs(stored.outputs)
+        async with self._transaction():
+            await self._execute(
+                f"INSERT INTO jobs ({', '.join(_JOB_COLUMNS)}) VALUES ({_placeholders(values)})", values
+            )
+            await self._execute(
+                "INSERT INTO job_inputs (job_id, original, mask) VALUES (?, ?, ?)",
+                (stored.id, inputs_original, inputs_mask),
+            )
+        return stored
+
+    async def update_job(self, job_id: str, **fields: object) -> JobRecord | None:
+        """Change whitelisted columns and stamp `updated_at`; None if the job no longer exists (erased).
+
+        Ending a job (a terminal status) clears its interaction token and sets `finished_at`. A finished job is
+        never moved back to an active status (a late poll after a cancel), which would hold a concurrency slot.
+        """
+        unknown = sorted(set(fields) - set(_UPDATABLE))
+        if unknown:
+            raise TypeError(f"update_job cannot change {', '.join(unknown)}")
+        values = {name: _UPDATABLE[name](value) for name, value in fields.items()}
+        async with self._transaction():
+            current = await self._job_unlocked(job_id)
+            if current is None:
+                return None
+            now = self._clock()
+            status = values.get("status")
+            if status in ACTIVE_STATUSES and current.finished:
+                log.warning("job %s is %s; not moving it back to %s", job_id, current.status, status)
+                del values["status"]
+            elif status in FINISHED_STATUSES:
+                values["interaction_token"] = None
+                if current.finished_at is None:
+                    values.setdefault("finished_at", now)
+            values["updated_at"] = now
+            assignments = ", ".join(f"{name} = ?" for name in values)
+            await self._execute(f"UPDATE jobs SET {assignments} WHERE id = ?", [*values.values(), job_id])
+            return await self._job_unlocked(job_id)
+
+    async def _job_unlocked(self, job_id: str) -> JobRecord | None:
+        rows = await self._rows_unlocked(f"{_SELECT_JOB} WHERE id = ? AND erased_at IS NULL", (job_id,))
+        return _job_from_row(rows[0]) if rows else None
+
+    async def get_job(self, job_id: str) -> JobRecord | None:
+        async with self._lock:
+            return await self._job_unlocked(job_id)
+
+    async def load_inputs(self, job_id: str) -> tuple[bytes, bytes | None] | None:
+        """The job's original picture and mask; None once purged (Rerun then says the inputs are gone)."""
+        rows = await self._rows("SELECT original, mask FROM job_inputs WHERE job_id = ?", (job_id,))
+        if not rows:
+            return None
+        mask = rows[0]["mask"]
+        return bytes(rows[0]["original"]), None if mask is None else bytes(mask)
+
+    async def unfinished_jobs(self) -> list[JobRecord]:
+        """Jobs to resume after a restart, oldest first."""
+        rows = await self._rows(
+            f"{_SELECT_JOB} WHERE status IN ({_placeholders(ACTIVE_STATUSES)}) ORDER BY created_at, rowid",
+            ACTIVE_STATUSES,
+        )
+        return [_job_from_row(r) for r in rows]
+
+    async def recent_jobs(self, user_id: int, limit: int = 10) -> list[JobRecord]:
+        rows = await self._rows(
+            f"{_SELECT_JOB} WHERE user_id = ? AND erased_at IS NULL ORDER BY created_at DESC, rowid DESC LIMIT ?",
+            (user_id, limit),
+        )
+        return [_job_from_row(r) for r in rows]
+
+    async def erase_user_history(self, user_id: int) -> int:
+        """Erase a person's finished jobs and their inputs; return how many.
+
+        Jobs still running are kept until they end (their inputs are needed to deliver them). Jobs from the last
+        24 hours become content-free rows (no prompt, request, outputs or inputs; hidden from every read) until
+        the quota window has passed, so erasing history does not reset daily quotas or cooldowns.
+        """
+        now = self._clock()
+        finished = f"user_id = ? AND status IN ({_placeholders(FINISHED_STATUSES)})"
+        params = (user_id, *FINISHED_STATUSES)
+        async with self._transaction():
+            count_rows = await self._rows_unlocked(f"SELECT COUNT(*) FROM jobs WHERE {finished} AND erased_at IS NULL",
+                                                   params)
+            await self._execute(f"DELETE FROM jobs WHERE {finished} AND created_at <= ?",
+                                (*params, now - QUOTA_WINDOW_SECONDS))
+            await self._execute(
+                "UPDATE jobs SET prompt = '', request = '{}', handle = NULL, interaction_token = NULL, "
+                "reply_message_id = NULL, outputs = '[]', seed = NULL, error = NULL, erased_at = ?, updated_at = ? "
+                f"WHERE {finished} AND erased_at IS NULL",
+                (now, now, *params),
+            )
+            await self._execute(
+                "DELETE FROM job_inputs WHERE job_id IN "
+                "(SELECT id FROM jobs WHERE user_id = ? AND erased_at IS NOT NULL)",
+                (user_id,),
+            )
+        erased = int(count_rows[0][0])
+        log.info("erased %d jobs of user %s", erased, user_id)
+        return erased
+
+    async def purge(self, older_than_days: int) -> int:
+        """Delete finished jobs that ended more than `older_than_days` ago; return how many.
+
+        Inputs (uploaded pictures) go sooner: after min(`older_than_days`, 7) days, after which Rerun and
+        Use-as-input are unavailable for that job. Unfinished jobs are never purged; erased rows go after 24 h.
+        """
+        if older_than_days < 1:
+            raise ValueError("purge needs at least one day")
+        now = self._clock()
+        ended = f"status IN ({_placeholders(FINISHED_STATUSES)}) AND COALESCE(finished_at, updated_at) < ?"
+        jobs_cutoff = now - older_than_days * 86_400
+        inputs_cutoff = now - min(older_than_days, INPUT_RETENTION_DAYS) * 86_400
+        async with self._transaction():
+            deleted = await self._execute(f"DELETE FROM jobs WHERE {ended}", (*FINISHED_STATUSES, jobs_cutoff))
+            await self._execute(
+                "DELETE FROM jobs WHERE erased_at IS NOT NULL AND created_at <= ?", (now - QUOTA_WINDOW_SECONDS,)
+            )
+            inputs = await self._execute(
+                f"DELETE FROM job_inputs WHERE job_id IN (SELECT id FROM jobs WHERE {ended})",
+                (*FINISHED_STATUSES, inputs_cutoff),
+            )
+        log.info("purged %d jobs and the inputs of %d more", deleted, inputs)
+        return deleted
+
+    @staticmethod
+    def _job_filter(
+        user_id: int | None, guild_id: int | None, since: float, statuses: Sequence[str]
+    ) -> tuple[str, list[object]]:
+        clauses = ["created_at >= ?", f"status IN ({_placeholders(statuses)})"]
+        params: list[object] = [since, *statuses]
+        if user_id is not None:
+            clauses.append("user_id = ?")
+            params.append(user_id)
+        if guild_id is not None:
+            clauses.append("guild_id = ?")
+            params.append(guild_id)
+        return " AND ".join(clauses), params
+
+    async def count_jobs(
+        self,
+        *,
+        user_id: int | None = None,
+        guild_id: int | None = None,
+        since: float,
+        statuses: Sequence[str] = QUOTA_STATUSES,
+    ) -> int:
+        """Jobs created at or after `since` (None for user/guild = any), erased ones included, for quotas."""
+        where, params = self._job_filter(user_id, guild_id, since, statuses)
+        rows = await self._rows(f"SELECT COUNT(*) FROM jobs WHERE {where}", params)
+        return int(rows[0][0])
+
+    async def job_times(
+        self,
+        *,
+        user_id: int | None = None,
+        guild_id: int | None = None,
+        since: float,
+        statuses: Sequence[str] = QUOTA_STATUSES,
+    ) -> list[float]:
+        """Creation times of the jobs `count_jobs` counts, oldest first: limits use them to say when to retry."""
+        where, params = self._job_filter(user_id, guild_id, since, statuses)
+        rows = await self._rows(f"SELECT created_at FROM jobs WHERE {where} ORDER BY created_at", params)
+        return [float(r[0]) for r in rows]
+
+    async def active_jobs(self, user_id: int) -> int:
+        """A person's queued or running jobs anywhere: they share the same provider capacity."""
+        rows = await self._rows(
+            f"SELECT COUNT(*) FROM jobs WHERE user_id = ? AND status IN ({_placeholders(ACTIVE_STATUSES)})",
+            (user_id, *ACTIVE_STATUSES),
+        )
+        return int(rows[0][0])
+
+    # -- guild settings -------------------------------------------------------------------------------------
+
+    async def _audit(self, entry: AuditEntry) -> None:
+        await self._execute(
+            "INSERT INTO settings_audit (guild_id, actor_id, key, old, new, at) VALUES (?, ?, ?, ?, ?, ?)",
+            (entry.guild_id, entry.actor_id, entry.key, entry.old, entry.new, entry.at),
+        )
+
+    async def _settings_unlocked(self, guild_id: int) -> GuildSettings:
+        cached = self._settings.get(guild_id)
+        if cached is None:
+            rows = await self._rows_unlocked("SELECT key, value FROM guild_settings WHERE guild_id = ?", (guild_id,))
+            cached = settings_from_stored({r["key"]: json.loads(r["value"]) for r in rows})
+            self._settings[guild_id] = cached
+        return cached
+
+    async def guild_settings(self, guild_id: int) -> GuildSettings:
+        """A server's settings (defaults for keys never set), read through a cache invalidated on write."""
+        async with self._lock:
+            return await self._settings_unlocked(guild_id)
+
+    async def update_guild_settings(
+        self, guild_id: int, actor_id: int, changes: Mapping[str, object]
+    ) -> list[AuditEntry]:
+        """Check and save `changes`, with one audit row per key that really changed, in one transaction.
+
+        Raises SettingsError (nothing saved) if any value or the resulting combination is not allowed.
+        """
+        async with self._transaction():
+            current = await self._settings_unlocked(guild_id)
+            updated = apply_changes(current, changes)
+            now = self._clock()
+            entries: list[AuditEntry] = []
+            for key in SETTING_NAMES:
+                old, new = getattr(current, key), getattr(updated, key)
+                if key not in changes or old == new:
+                    continue
+                await self._execute(
+                    "INSERT INTO guild_settings (guild_id, key, value) VALUES (?, ?, ?) "
+                    "ON CONFLICT (guild_id, key) DO UPDATE SET value = excluded.value",
+                    (guild_id, key, json.dumps(new)),
+                )
+                entry = AuditEntry(guild_id, actor_id, key, format_value(old), format_value(new), now)
+                await self._audit(entry)
+                entries.append(entry)
+            self._settings.pop(guild_id, None)
+        return entries
+
+    async def _overrides_unlocked(self, guild_id: int) -> dict[int, ChannelOverride]:
+        cached = self._overrides.get(guild_id)
+        if cached is None:
+            rows = await self._rows_unlocked(
+                "SELECT channel_id, safety FROM channel_overrides WHERE guild_id = ?", (guild_id,)
+            )
+            cached = {r["channel_id"]: ChannelOverride(r["channel_id"], r["safety"]) for r in rows}
+            self._overrides[guild_id] = cached
+        return cached
+
+    async def channel_overrides(self, guild_id: int) -> dict[int, ChannelOverride]:
+        async with self._lock:
+            return dict(await self._overrides_unlocked(guild_id))
+
+    async def channel_override(self, guild_id: int, channel_id: int) -> ChannelOverride | None:
+        async with self._lock:
+            return (await self._overrides_unlocked(guild_id)).get(channel_id)
+
+    async def set_channel_override(
+        self, guild_id: int, actor_id: int, channel_id: int, *, safety: int | None
+    ) -> AuditEntry | None:
+        """Set (or with None, clear) a channel's safety level; the audit entry, or None if nothing changed."""
+        level = check_override_safety(safety)
+        async with self._transaction():
+            current = (await self._overrides_unlocked(guild_id)).get(channel_id)
+            old = None if current is None else current.safety
+            if old == level:
+                return None
+            if level is None:
+                await self._execute(
+                    "DELETE FROM channel_overrides WHERE guild_id = ? AND channel_id = ?", (guild_id, channel_id)
+                )
+            else:
+                await self._execute(
+                    "INSERT INTO channel_overrides (guild_id, channel_id, safety) VALUES (?, ?, ?) "
+                    "ON CONFLICT (guild_id, channel_id) DO UPDATE SET safety = excluded.safety",
+                    (guild_id, channel_id, level),
+                )
+            entry = AuditEntry(
+                guild_id, actor_id, f"channel {channel_id} safety",
+                None if old is None else str(old), None if level is None else str(level), self._clock(),
+            )
+            await self._audit(entry)
+            self._overrides.pop(guild_id, None)
+        return entry
+
+    async def clear_channel_override(self, guild_id: int, actor_id: int, channel_id: int) -> AuditEntry | None:
+        return await self.set_channel_override(guild_id, actor_id, channel_id, safety=None)
+
+    async def audit_log(self, guild_id: int, limit: int = 20) -> list[AuditEntry]:
+        """Moderator changes in a server, newest first."""
+        rows = await self._rows(
+            "SELECT guild_id, actor_id, key, old, new, at FROM settings_audit WHERE guild_id = ? "
+            "ORDER BY id DESC LIMIT ?",
+            (guild_id, limit),
+        )
+        return [AuditEntry(r["guild_id"], r["actor_id"], r["key"], r["old"], r["new"], r["at"]) for r in rows]
+
+    # -- blocked terms --------------------------------------------------------------------------------------
+
+    async def _terms_unlocked(self, guild_id: int) -> tuple[BlockedTerm, ...]:
+        cached = self._terms.get(guild_id)
+        if cached is None:
+            rows = await self._rows_unlocked(
+                "SELECT term, action, added_by, added_at FROM blocked_terms WHERE guild_id = ? "
+                "ORDER BY added_at, term_key",
+                (guild_id,),
+            )
+            cached = tuple(BlockedTerm(r["term"], r["action"], r["added_by"], r["added_at"]) for r in rows)
+            self._terms[guild_id] = cached
+        return cached
+
+    async def blocked_terms(self, guild_id: int) -> tuple[BlockedTerm, ...]:
+        """A server's filter terms, oldest first, read through a cache invalidated on write."""
+        async with self._lock:
+            return await self._terms_unlocked(guild_id)
+
+    async def add_blocked_term(
+        self, guild_id: int, actor_id: int, term: str, action: str = "block"
+    ) -> AuditEntry | None:
+        """Add a term, or change the action of one already listed; None if it was already there as asked."""
+        term, action = check_term(term, action)
+        key = term_key(term)
+        async with self._transaction():
+            terms = await self._terms_unlocked(guild_id)
+            existing = next((t for t in terms if term_key(t.term) == key), None)
+            if existing is not None and existing.action == action:
+                return None
+            if existing is None and len(terms) >= MAX_TERMS_PER_GUILD:
+                raise SettingsError(
+                    f"This server already has {MAX_TERMS_PER_GUILD} filter terms; remove some before adding more."
+                )
+            now = self._clock()
+            await self._execute(
+                "INSERT INTO blocked_terms (guild_id, term_key, term, action, added_by, added_at) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (guild_id, term_key) DO UPDATE SET "
+                "term = excluded.term, action = excluded.action, added_by = excluded.added_by, "
+                "added_at = excluded.added_at",
+                (guild_id, key, term, action, actor_id, now),
+            )
+            entry = AuditEntry(
+                guild_id, actor_id, "blocked term",
+                None if existing is None else f"{existing.term} ({existing.action})", f"{term} ({action})", now,
+            )
+            await self._audit(entry)
+            self._terms.pop(guild_id, None)
+        return entry
+
+    async def remove_blocked_term(self, guild_id: int, actor_id: int, term: str) -> AuditEntry | None:
+        """Remove a term (matched case-insensitively); None if it was not listed."""
+        key = term_key(term)
+        async with self._transaction():
+            existing = next((t for t in await self._terms_unlocked(guild_id) if term_key(t.term) == key), None)
+            if existing is None:
+                return None
+            await self._execute("DELETE FROM blocked_terms WHERE guild_id = ? AND term_key = ?", (guild_id, key))
+            entry = AuditEntry(
+                guild_id, actor_id, "blocked term", f"{existing.term} ({existing.action})", None, self._clock()
+            )
+            await self._audit(entry)
+            self._terms.pop(guild_id, None)
+        return entry

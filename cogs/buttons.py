@@ -1,0 +1,196 @@
+"""Buttons on job replies. Each is a `DynamicItem` whose custom id carries the job id, so it keeps working
+after a restart: state is loaded from the database, and `interaction_check` refuses other users politely."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import TYPE_CHECKING, Any, cast
+
+import discord
+
+from bot.params import request_from_json
+from bot.storage import JobRecord
+from cogs import rendering
+
+if TYPE_CHECKING:
+    from bot.app import FillBot
+
+log = logging.getLogger(__name__)
+
+_ID = r"(?P<job>[0-9a-f]{12})"
+
+
+def _bot(interaction: discord.Interaction) -> FillBot:
+    return cast("FillBot", interaction.client)
+
+
+def is_moderator(interaction: discord.Interaction) -> bool:
+    perms = interaction.permissions
+    return interaction.guild_id is not None and (perms.manage_messages or perms.manage_guild)
+
+
+class JobButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"fill:none:" + _ID):
+    """Shared behaviour: load the job; only its requester (or a moderator, where allowed) may press."""
+
+    action = "none"
+    moderators_too = False
+
+    def __init__(self, job_id: str, button: discord.ui.Button[Any]) -> None:
+        super().__init__(button)
+        self.job_id = job_id
+        self.record: JobRecord | None = None
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str]
+    ) -> JobButton:
+        return cls(match["job"])  # type: ignore[call-arg]
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        self.record = await _bot(interaction).storage.get_job(self.job_id)
+        if self.record is None:
+            await interaction.response.send_message(
+                "This job is no longer stored (history is kept for a limited time).", ephemeral=True
+            )
+            return False
+        if interaction.user.id == self.record.user_id or (self.moderators_too and is_moderator(interaction)):
+            return True
+        who = "the person who started this job or a moderator" if self.moderators_too else (
+            "the person who started this job"
+        )
+        await interaction.response.send_message(f"Sorry, only {who} can use this button.", ephemeral=True)
+        return False
+
+
+class CancelButton(JobButton, template=r"fill:cancel:" + _ID):
+    moderators_too = True
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(job_id, discord.ui.Button(label="Cancel", style=discord.ButtonStyle.secondary,
+                                                   emoji="⏹️", custom_id=f"fill:cancel:{job_id}"))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        if _bot(interaction).service.engine.cancel(self.job_id):
+            await interaction.response.defer()  # the job's own final edit shows "Canceled"
+        else:
+            await interaction.response.send_message("This job is not running any more.", ephemeral=True)
+
+
+class RerunButton(JobButton, template=r"fill:rerun:" + _ID):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(job_id, discord.ui.Button(label="Rerun", style=discord.ButtonStyle.primary, emoji="🔁",
+                                                   custom_id=f"fill:rerun:{job_id}"))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        assert self.record is not None
+        await _bot(interaction).flow.rerun(interaction, self.record)
+
+
+class InfoButton(JobButton, template=r"fill:info:" + _ID):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(job_id, discord.ui.Button(label="Info", style=discord.ButtonStyle.secondary, emoji="ℹ️",
+                                                   custom_id=f"fill:info:{job_id}"))
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        self.record = await _bot(interaction).storage.get_job(self.job_id)
+        if self.record is None:
+            await interaction.response.send_message("This job is no longer stored.", ephemeral=True)
+            return False
+        return True  # parameters are no secret: anyone who sees the result may read them
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        assert self.record is not None
+        request = request_from_json(self.record.request)
+        text = rendering.parameters_text(request, {"job": self.record.id, "status": self.record.status})
+        await interaction.response.send_message(text, ephemeral=True)
+
+
+class DeleteButton(JobButton, template=r"fill:delete:" + _ID):
+    moderators_too = True
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(job_id, discord.ui.Button(label="Delete", style=discord.ButtonStyle.danger, emoji="🗑️",
+                                                   custom_id=f"fill:delete:{job_id}"))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        await _bot(interaction).flow.delete_result(interaction, self.job_id)
+
+
+class ShareButton(JobButton, template=r"fill:share:" + _ID):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(job_id, discord.ui.Button(label="Share", style=discord.ButtonStyle.success, emoji="📣",
+                                                   custom_id=f"fill:share:{job_id}"))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        assert self.record is not None
+        await _bot(interaction).flow.share(interaction, self.record)
+
+
+class ReuseButton(JobButton, template=r"fill:reuse:" + _ID + r":(?P<index>[0-9])"):
+    def __init__(self, job_id: str, index: int = 0, label: str = "Use as input") -> None:
+        super().__init__(job_id, discord.ui.Button(label=label, style=discord.ButtonStyle.secondary, emoji="🖌️",
+                                                   custom_id=f"fill:reuse:{job_id}:{index}"))
+        self.index = index
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str]
+    ) -> ReuseButton:
+        return cls(match["job"], int(match["index"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        assert self.record is not None
+        await interaction.response.send_modal(ReuseModal(self.record, self.index))
+
+
+class ReuseModal(discord.ui.Modal, title="Use this image as the new input"):
+    prompt: discord.ui.TextInput[Any] = discord.ui.TextInput(
+        label="Prompt", style=discord.TextStyle.paragraph, max_length=2000,
+        placeholder="What should appear in the same area?",
+    )
+    region: discord.ui.TextInput[Any] = discord.ui.TextInput(
+        label="Region (optional: x,y,w,h in px or %)", required=False, max_length=60,
+        placeholder="leave empty to reuse the same mask",
+    )
+
+    def __init__(self, record: JobRecord, index: int) -> None:
+        super().__init__()
+        self.record = record
+        self.index = index
+        if record.kind == "edit":
+            self.remove_item(self.region)
+
+    async def on_submit(self, interaction: discord.Interaction) -> None:
+        region = (self.region.value or "").strip() or None if self.record.kind == "fill" else None
+        await _bot(interaction).flow.reuse(interaction, self.record, self.index, self.prompt.value, region)
+
+
+DYNAMIC_ITEMS = (CancelButton, RerunButton, InfoButton, DeleteButton, ShareButton, ReuseButton)
+
+
+def working_view(job_id: str) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    view.add_item(CancelButton(job_id))
+    return view
+
+
+def finished_view(job_id: str, outputs: int, *, shareable: bool) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    view.add_item(RerunButton(job_id))
+    view.add_item(InfoButton(job_id))
+    if shareable:
+        view.add_item(ShareButton(job_id))
+    view.add_item(DeleteButton(job_id))
+    for index in range(outputs):
+        label = "Use as input" if outputs == 1 else f"Use #{index + 1}"
+        view.add_item(ReuseButton(job_id, index, label))
+    return view
+
+
+def failed_view(job_id: str) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    view.add_item(RerunButton(job_id))
+    view.add_item(InfoButton(job_id))
+    view.add_item(DeleteButton(job_id))
+    return view

@@ -1,0 +1,614 @@
+"""ReplicateProvider against the fake Replicate server (real HTTP on 127.0.0.1), official and aggregator layouts."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image
+
+from bot.config import ProviderSettings, Secret
+from bot.errors import ConfigError, ProviderError
+from bot.params import REPLICATE_FILL, REPLICATE_KONTEXT, ModelSpec, Value
+from bot.providers import replicate
+from bot.providers.base import Handle, InputImage, Output, ProviderJob, State, Status
+from bot.providers.http import Downloader, RetryPolicy
+from bot.providers.replicate import ReplicateProvider, output_refs, parse_progress
+from tests.fakes.replicate_server import FILL_DEV, KONTEXT_DEV, FakeReplicate, Fault, fill_dev_size
+
+FAST = RetryPolicy(attempts=4, base_delay=0.01, max_delay=0.05)
+SOURCE_SIZE = (96, 64)
+SOURCE_COLOR = (10, 200, 40)
+
+
+def _png(size: tuple[int, int], color: tuple[int, int, int]) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, color).save(out, format="PNG")
+    return out.getvalue()
+
+
+IMAGE = InputImage(_png(SOURCE_SIZE, SOURCE_COLOR), "image/png", SOURCE_SIZE)
+MASK = InputImage(_png(SOURCE_SIZE, (255, 255, 255)), "image/png", SOURCE_SIZE)
+
+
+def fill_job(**options: Value) -> ProviderJob:
+    params = REPLICATE_FILL.resolve(options)
+    return ProviderJob(REPLICATE_FILL, "a red balloon", params, IMAGE, MASK)
+
+
+def edit_job(**options: Value) -> ProviderJob:
+    return ProviderJob(REPLICATE_KONTEXT, "make it night", REPLICATE_KONTEXT.resolve(options), IMAGE)
+
+
+def raw_job(spec: ModelSpec, params: Mapping[str, Value]) -> ProviderJob:
+    """A job with unvalidated params, to reach the provider's own validation."""
+    return ProviderJob(spec, "x", params, IMAGE, MASK if spec.operation == "fill" else None)
+
+
+@pytest.fixture
+async def downloader() -> AsyncIterator[Downloader]:
+    dl = Downloader(max_bytes=20 * 1024 * 1024, timeout=httpx.Timeout(2.0), retry=FAST)
+    yield dl
+    await dl.aclose()
+
+
+class Rig:
+    """A fake server plus a provider pointed at it."""
+
+    def __init__(self, fake: FakeReplicate, provider: ReplicateProvider) -> None:
+        self.fake = fake
+        self.provider = provider
+
+    async def run(self, job: ProviderJob, *, polls: int = 400) -> tuple[Handle, Status]:
+        """Submit and poll to a terminal status (the fake's jobs are short)."""
+        handle, status = await self.provider.submit(job)
+        for _ in range(polls):
+            if status.state.terminal:
+                return handle, status
+            status = await self.provider.poll(handle)
+        raise AssertionError(f"job did not finish: {status}")
+
+    async def direct_create(self, model: str, inputs: dict[str, Any]) -> Handle:
+        """Create a prediction without `Prefer: wait` (test setup, not the code under test)."""
+        async with httpx.AsyncClient() as client:
+            response = await client.post(
+                f"{self.fake.base_url}/models/{model}/predictions",
+                json={"input": inputs},
+                headers={"Authorization": f"Bearer {self.fake.token}"},
+            )
+        assert response.status_code == 201, response.text
+        return Handle("replicate", response.json()["id"])
+
+
+async def _rig(downloader: Downloader, *, wait: int = 5, read_s: float = 2.0, **fake_options: Any) -> Rig:
+    fake = FakeReplicate(**fake_options)
+    await fake.start()
+    provider = ReplicateProvider(
+        fake.provider_settings(), downloader, wait_seconds=wait, retry=FAST, timeout=httpx.Timeout(read_s)
+    )
+    return Rig(fake, provider)
+
+
+@pytest.fixture
+async def make(downloader: Downloader) -> AsyncIterator[Any]:
+    rigs: list[Rig] = []
+
+    async def factory(**options: Any) -> Rig:
+        rig = await _rig(downloader, **options)
+        rigs.append(rig)
+        return rig
+
+    yield factory
+    for rig in rigs:
+        await rig.provider.aclose()
+        await rig.fake.close()
+
+
+def _no_credentials_left_the_api(fake: FakeReplicate) -> None:
+    for request in fake.cdn_requests + fake.foreign_requests:
+        assert "authorization" not in request.headers, request
+
+
+def _safe(message: str | None) -> None:
+    assert message
+    assert "://" not in message and "www." not in message and "r8_" not in message
+
+
+# ---- happy paths --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("prefix", ["/v1", "/replicate/v1"], ids=["official", "aggregator"])
+async def test_fill_dev_list_output_in_one_create(make: Any, prefix: str) -> None:
+    rig = await make(prefix=prefix, duration=0.1)
+    handle, status = await rig.provider.submit(fill_job(outputs=2, steps=20))
+    assert status.state is State.SUCCEEDED and status.progress == 1.0
+    assert len(status.outputs) == 2 and status.dropped == 0
+    assert status.extra["seed"] == "1234"
+
+    # Sync mode: one create and no polling for a short job.
+    assert rig.fake.count("POST", "create") == 1 and rig.fake.count("GET", "get") == 0
+    create = rig.fake.api_requests("create")[0]
+    assert create.path == f"{prefix}/models/black-forest-labs/flux-fill-dev/predictions"
+    assert create.headers["prefer"] == "wait=5"
+    assert create.headers["authorization"] == f"Bearer {rig.fake.token}"
+    assert "cancel-after" not in create.headers
+    prediction = rig.fake.predictions[handle.job_id]
+    sent = prediction.input
+    assert sent["prompt"] == "a red balloon" and sent["num_outputs"] == 2 and sent["num_inference_steps"] == 20
+    assert sent["output_format"] == "png" and sent["guidance"] == 30.0 and sent["megapixels"] == "1"
+    assert sent["image"].startswith("data:image/png;base64,") and sent["mask"].startswith("data:image/png;base64,")
+    assert "outputs" not in sent and "steps" not in sent
+
+    data = await rig.provider.download(status.outputs[0])
+    picture = Image.open(io.BytesIO(data))
+    assert picture.size == fill_dev_size(*SOURCE_SIZE)
+    assert picture.convert("RGB").getpixel((5, 5)) == tuple(255 - c for c in SOURCE_COLOR)
+    assert len(rig.fake.cdn_requests) == 1
+    _no_credentials_left_the_api(rig.fake)
+
+
+async def test_kontext_single_url_output(make: Any) -> None:
+    rig = await make(duration=0.05)
+    handle, status = await rig.provider.submit(edit_job(aspect_ratio="1:1"))
+    assert status.state is State.SUCCEEDED and len(status.outputs) == 1 and status.dropped == 0
+    sent = rig.fake.predictions[handle.job_id].input
+    assert sent["input_image"].startswith("data:image/png;base64,")
+    assert "image" not in sent and "mask" not in sent and sent["go_fast"] is True
+    assert rig.fake.api_requests("create")[0].path == "/v1/models/black-forest-labs/flux-kontext-dev/predictions"
+    picture = Image.open(io.BytesIO(await rig.provider.download(status.outputs[0])))
+    assert picture.size[0] == picture.size[1]
+
+
+@pytest.mark.parametrize("shape", ["created_data", "url_dict", "string"])
+async def test_other_output_shapes(make: Any, shape: str) -> None:
+    rig = await make(duration=0.05, output_shape=shape)
+    _, status = await rig.provider.submit(edit_job())
+    assert status.state is State.SUCCEEDED and len(status.outputs) == 1
+    assert (await rig.provider.download(status.outputs[0])).startswith(b"\x89PNG")
+
+
+async def test_bare_created_data_reply_from_aggregator(make: Any) -> None:
+    rig = await make(duration=0.05, bare_created_data=True, prefix="/replicate/v1")
+    handle, status = await rig.provider.submit(edit_job())
+    assert status.state is State.SUCCEEDED and len(status.outputs) == 1
+    assert handle.job_id.startswith("sync-")
+    assert (await rig.provider.download(status.outputs[0])).startswith(b"\x89PNG")
+    assert (await _raises(rig.provider.poll(handle))).kind == "expired"
+    await rig.provider.cancel(handle)  # nothing to cancel, no request
+    assert rig.fake.count("POST", "cancel") == 0
+
+
+async def test_unfinished_201_then_polling(make: Any) -> None:
+    rig = await make(duration=1.4, wait=1, read_s=0.3)  # the create's read timeout must outlast the 1 s hold
+    handle, status = await rig.provider.submit(fill_job())
+    assert status.state is State.RUNNING  # the 1 s hold ran out first
+    assert rig.fake.api_requests("create")[0].headers["prefer"] == "wait=1"
+    seen = [status]
+    while not status.state.terminal:
+        status = await rig.provider.poll(handle)
+        seen.append(status)
+    assert status.state is State.SUCCEEDED and len(status.outputs) == 1
+    assert rig.fake.count("GET", "get") >= 1
+    assert all(r.path == f"/v1/predictions/{handle.job_id}" for r in rig.fake.api_requests("get"))
+    progress = [s.progress for s in seen if s.state is State.RUNNING and s.progress is not None]
+    assert progress and all(0 < p < 1 for p in progress) and progress == sorted(progress)
+
+
+@pytest.mark.parametrize(("asked", "expected"), [(0, 1), (-5, 1), (60, 60), (600, 60)])
+async def test_prefer_wait_is_always_1_to_60(make: Any, asked: int, expected: int) -> None:
+    rig = await make(duration=0.0, wait=asked)
+    _, status = await rig.provider.submit(edit_job())
+    assert status.state is State.SUCCEEDED
+    assert rig.fake.api_requests("create")[0].headers["prefer"] == f"wait={expected}"
+
+
+async def test_nsfw_drops_are_counted(make: Any) -> None:
+    rig = await make(duration=0.05, nsfw_drops=1)
+    _, status = await rig.provider.submit(fill_job(outputs=3))
+    assert status.state is State.SUCCEEDED and len(status.outputs) == 2 and status.dropped == 1
+
+
+async def test_every_output_dropped_is_reported_as_dropped(make: Any) -> None:
+    rig = await make(duration=0.05, nsfw_drops=2)
+    _, status = await rig.provider.submit(fill_job(outputs=2))
+    assert status.state is State.SUCCEEDED and status.outputs == () and status.dropped == 2
+
+
+# ---- statuses -----------------------------------------------------------------------------------------------
+
+
+async def test_starting_then_running_with_progress_then_succeeded(make: Any) -> None:
+    rig = await make(duration=0.6, start_delay=0.2)
+    handle = await rig.direct_create(
+        FILL_DEV,
+        {"prompt": "p", "image": f"data:image/png;base64,{_b64(IMAGE)}", "num_inference_steps": 10, "num_outputs": 2},
+    )
+    first = await rig.provider.poll(handle)
+    assert first.state is State.STARTING and first.progress is None and first.raw_status == "starting"
+    states = []
+    status = first
+    while not status.state.terminal:
+        status = await rig.provider.poll(handle)
+        states.append(status.state)
+    assert State.RUNNING in states and status.state is State.SUCCEEDED
+    # No submit in this process: the drop count and steps come from the echoed input.
+    assert len(status.outputs) == 2 and status.dropped == 0
+    assert "predict_time" in status.extra
+
+
+@pytest.mark.parametrize(
+    ("outcome", "state", "words"),
+    [
+        ("failed", State.FAILED, "The model failed: CUDA out of memory"),
+        ("nsfw", State.MODERATED, "safety checker"),
+        ("nsfw_kontext", State.MODERATED, "safety checker"),
+        ("e005", State.MODERATED, "safety checker"),
+        ("canceled", State.CANCELED, "canceled"),
+        ("aborted", State.TIMED_OUT, "gave up before starting"),
+        ("data_removed", State.EXPIRED, "deleted"),
+        ("null_output", State.EXPIRED, "deleted"),
+    ],
+)
+async def test_terminal_statuses(make: Any, outcome: str, state: State, words: str) -> None:
+    rig = await make(duration=0.02, outcome=outcome)
+    _, status = await rig.run(fill_job())
+    assert status.state is state
+    assert status.message is not None and words in status.message
+    _safe(status.message)
+    assert status.outputs == ()
+    assert rig.fake.count("POST", "create") == 1
+
+
+async def test_failed_error_keeps_full_text_in_detail_only(make: Any) -> None:
+    rig = await make(duration=0.02, outcome="failed")
+    _, status = await rig.run(fill_job())
+    assert "https://pytorch.org" in status.detail
+    assert status.message is not None and "pytorch.org" not in status.message and len(status.message) <= 230
+
+
+async def test_unknown_status_is_running_until_done(make: Any) -> None:
+    rig = await make(duration=0.3, outcome="unknown")
+    inputs = {"prompt": "p", "input_image": f"data:image/png;base64,{_b64(IMAGE)}"}
+    handle = await rig.direct_create(KONTEXT_DEV, inputs)
+    status = await rig.provider.poll(handle)
+    assert status.state is State.RUNNING and status.raw_status == "warming_up"
+    while not status.state.terminal:
+        status = await rig.provider.poll(handle)
+    assert status.state is State.SUCCEEDED
+
+
+async def test_never_finishing_job_can_be_canceled(make: Any) -> None:
+    rig = await make(duration=0.05, outcome="never", logs="percent")
+    handle = await rig.direct_create(
+        FILL_DEV, {"prompt": "p", "image": f"data:image/png;base64,{_b64(IMAGE)}", "num_inference_steps": 4}
+    )
+    await asyncio.sleep(0.1)  # past `duration`: the bar is full, yet the job stays "processing"
+    for _ in range(3):
+        status = await rig.provider.poll(handle)
+        assert status.state is State.RUNNING
+    assert status.progress == 1.0  # the percentage bar reached 100% but the job never ends
+    await rig.provider.cancel(handle)
+    cancel = rig.fake.api_requests("cancel")[0]
+    assert cancel.method == "POST" and cancel.path == f"/v1/predictions/{handle.job_id}/cancel"
+    assert cancel.headers["authorization"] == f"Bearer {rig.fake.token}"
+    assert (await rig.provider.poll(handle)).state is State.CANCELED
+
+
+async def test_cancel_errors_are_logged_not_raised(make: Any, caplog: pytest.LogCaptureFixture) -> None:
+    rig = await make()
+    await rig.provider.cancel(Handle("replicate", "doesnotexist"))
+    rig.fake.faults.cancel.extend([Fault.reset()] * FAST.attempts)
+    await rig.provider.cancel(Handle("replicate", "whatever"))
+    assert rig.fake.count("POST", "cancel") == 1 + FAST.attempts
+    assert "cancel of doesnotexist failed" in caplog.text
+
+
+async def test_poll_unknown_id_is_not_found(make: Any) -> None:
+    rig = await make()
+    error = await _raises(rig.provider.poll(Handle("replicate", "nope")))
+    assert error.kind == "not_found"
+    assert rig.fake.count("GET", "get") == 1
+
+
+async def test_ids_are_quoted_in_paths(make: Any) -> None:
+    rig = await make()
+    assert (await _raises(rig.provider.poll(Handle("replicate", "../../models/x?y=1")))).kind == "not_found"
+    (seen,) = rig.fake.api_requests("get")
+    assert seen.raw_path == "/v1/predictions/..%2F..%2Fmodels%2Fx%3Fy%3D1"  # one opaque segment
+
+
+async def test_handle_survives_a_restart(make: Any, downloader: Downloader) -> None:
+    rig = await make(duration=0.3, nsfw_drops=1)
+    handle, status = await rig.provider.submit(fill_job(outputs=3))
+    assert status.state is State.SUCCEEDED and status.dropped == 1
+    fresh = ReplicateProvider(rig.fake.provider_settings(), downloader, retry=FAST)
+    try:
+        again = await fresh.poll(Handle.from_json(handle.to_json()))
+    finally:
+        await fresh.aclose()
+    assert again.state is State.SUCCEEDED and len(again.outputs) == 2 and again.dropped == 1
+
+
+# ---- credentials --------------------------------------------------------------------------------------------
+
+
+async def test_no_credentials_reach_foreign_urls_or_the_cdn(make: Any) -> None:
+    # Every prediction's urls.get / urls.cancel point at another host, as an aggregator's do (api.replicate.com).
+    rig = await make(duration=0.3, foreign_urls=True, prefix="/replicate/v1", honour_wait=False)
+    handle, status = await rig.provider.submit(fill_job())
+    assert status.state is State.RUNNING  # this aggregator ignores `Prefer: wait`
+    assert rig.fake.api_requests("create")[0].headers["prefer"] == "wait=5"
+    while not status.state.terminal:
+        status = await rig.provider.poll(handle)
+    assert status.state is State.SUCCEEDED
+    await rig.provider.download(status.outputs[0])
+    rig.fake.outcome = "never"
+    handle, _ = await rig.provider.submit(fill_job())
+    await rig.provider.cancel(handle)
+    assert (await rig.provider.poll(handle)).state is State.CANCELED
+
+    assert rig.fake.foreign_requests == []
+    assert len(rig.fake.cdn_requests) == 1
+    _no_credentials_left_the_api(rig.fake)
+    api = {r.path for r in rig.fake.requests if "authorization" in r.headers}
+    assert all(path.startswith("/replicate/v1/") for path in api)
+    assert rig.fake.count("POST", "cancel") == 1 and rig.fake.count("GET", "get") >= 2
+
+
+async def test_cdn_on_the_same_host_still_gets_no_credentials(make: Any) -> None:
+    rig = await make(duration=0.02, separate_cdn=False)
+    _, status = await rig.run(fill_job())
+    await rig.provider.download(status.outputs[0])
+    files = rig.fake.cdn_requests
+    assert len(files) == 1 and "authorization" not in files[0].headers
+
+
+async def test_wrong_token_is_auth_error_without_urls(make: Any, downloader: Downloader) -> None:
+    rig = await make()
+    provider = ReplicateProvider(rig.fake.provider_settings(token="r8_wrong"), downloader, retry=FAST)
+    try:
+        error = await _raises(provider.submit(fill_job()))
+    finally:
+        await provider.aclose()
+    assert error.kind == "auth" and "operator" in error.message
+    _safe(error.message)
+
+
+async def test_billing_error_has_no_billing_url(make: Any) -> None:
+    rig = await make(billing_exhausted=True)
+    error = await _raises(rig.provider.submit(fill_job()))
+    assert error.kind == "billing" and "credit" in error.message
+    _safe(error.message)
+
+
+async def test_missing_token_is_a_config_error(downloader: Downloader) -> None:
+    settings = ProviderSettings("replicate", "https://api.replicate.com/v1", None, 1)
+    with pytest.raises(ConfigError):
+        ReplicateProvider(settings, downloader)
+
+
+async def test_labels_name_the_service(downloader: Downloader) -> None:
+    official = ReplicateProvider(
+        ProviderSettings("replicate", "https://api.replicate.com/v1", Secret("r8_x"), 1), downloader
+    )
+    proxy = ReplicateProvider(
+        ProviderSettings("replicate", "https://www.kkiai.com/replicate/v1", Secret("k"), 1), downloader
+    )
+    assert official.label == "Replicate" and proxy.label == "The Replicate-compatible service"
+    await official.aclose()
+    await proxy.aclose()
+
+
+# ---- validation errors --------------------------------------------------------------------------------------
+
+
+async def test_invalid_fields_become_a_readable_message(make: Any) -> None:
+    rig = await make()
+    error = await _raises(rig.provider.submit(raw_job(REPLICATE_FILL, {"steps": 51, "guidance": 30.0})))
+    assert error.kind == "invalid_input"
+    assert "num_inference_steps: Must be less than or equal to 50" in error.message
+    assert "invalid_fields" not in error.message and "{" not in error.message
+    assert rig.fake.predictions == {}
+
+
+async def test_kontext_step_floor_is_checked_by_the_server(make: Any) -> None:
+    rig = await make()
+    error = await _raises(rig.provider.submit(raw_job(REPLICATE_KONTEXT, {"steps": 2})))
+    assert "num_inference_steps: Must be greater than or equal to 4" in error.message
+
+
+async def test_oversized_body_gets_a_helpful_message(make: Any) -> None:
+    rig = await make()
+    rig.fake.faults.create.append(Fault.error(400, detail="Failed to parse request body as JSON: EOF"))
+    error = await _raises(rig.provider.submit(fill_job()))
+    assert error.kind == "invalid_input" and "too large" in error.message
+
+
+async def test_fill_without_mask_is_refused_before_sending(make: Any) -> None:
+    rig = await make()
+    job = ProviderJob(REPLICATE_FILL, "x", REPLICATE_FILL.resolve({}), IMAGE, None)
+    with pytest.raises(ValueError):
+        await rig.provider.submit(job)
+    assert rig.fake.requests == []
+
+
+# ---- faults -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [Fault.error(500), Fault.reset(), Fault.html(502), Fault.truncated(201), Fault.cut()],
+    ids=["500", "reset", "html502", "truncated", "cut"],
+)
+async def test_create_fault_after_creation_is_maybe_submitted(make: Any, fault: Fault) -> None:
+    rig = await make(duration=0.02)
+    rig.fake.faults.create.append(fault)
+    error = await _raises(rig.provider.submit(fill_job()))
+    assert error.kind == "maybe_submitted" and "may have been submitted" in error.message
+    assert rig.fake.count("POST", "create") == 1  # never retried ...
+    assert len(rig.fake.predictions) == 1  # ... because the job really exists
+
+
+async def test_create_timeout_is_maybe_submitted(make: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(replicate, "_READ_MARGIN", 0.2)  # read timeout = wait (1 s) + 0.2 s, to keep this fast
+    rig = await make(duration=0.02, wait=1)
+    rig.fake.faults.create.append(Fault.slow(2.0))
+    error = await _raises(rig.provider.submit(fill_job()))
+    assert error.kind == "maybe_submitted"
+    assert rig.fake.count("POST", "create") == 1
+
+
+async def test_create_429_is_retried_then_succeeds(make: Any) -> None:
+    rig = await make(duration=0.02)
+    rig.fake.faults.create.extend([Fault.rate_limited(resets_in=1), Fault.rate_limited(retry_after="0")])
+    _, status = await rig.provider.submit(fill_job())
+    assert status.state is State.SUCCEEDED
+    assert rig.fake.count("POST", "create") == 3 and len(rig.fake.predictions) == 1
+
+
+async def test_create_429_exhausted_is_rate_limited(make: Any) -> None:
+    rig = await make()
+    rig.fake.faults.create.extend([Fault.rate_limited(resets_in=30)] * FAST.attempts)
+    error = await _raises(rig.provider.submit(fill_job()))
+    assert error.kind == "rate_limited" and error.retry_after == 30
+    assert rig.fake.count("POST", "create") == FAST.attempts and rig.fake.predictions == {}
+
+
+async def test_create_persistent_status(make: Any) -> None:
+    rig = await make()
+    rig.fake.faults.create_status = 503
+    assert (await _raises(rig.provider.submit(fill_job()))).kind == "maybe_submitted"
+    rig.fake.faults.create_status = 404
+    assert (await _raises(rig.provider.submit(fill_job()))).kind == "not_found"
+
+
+@pytest.mark.parametrize(
+    "faults",
+    [
+        [Fault.error(500), Fault.error(500)],
+        [Fault.html(502)],
+        [Fault.error(503), Fault.error(504)],
+        [Fault.reset()],
+        [Fault.cut()],
+        [Fault.slow(1.0)],
+        [Fault.rate_limited(retry_after="0")],
+        [Fault.rate_limited(resets_in=30)],
+    ],
+    ids=["500x2", "html502", "503-504", "reset", "cut", "slow", "429-retry-after", "429-resets-in"],
+)
+async def test_poll_retries_transient_faults(make: Any, faults: list[Fault]) -> None:
+    rig = await make(duration=0.02, read_s=0.3)
+    handle, _ = await rig.provider.submit(fill_job())
+    rig.fake.faults.get.extend(faults)
+    status = await rig.provider.poll(handle)
+    assert status.state is State.SUCCEEDED
+    assert rig.fake.count("GET", "get") == len(faults) + 1
+
+
+async def test_poll_gives_up_after_attempts(make: Any) -> None:
+    rig = await make(duration=0.02)
+    handle, _ = await rig.provider.submit(fill_job())
+    rig.fake.faults.get_status = 500
+    assert (await _raises(rig.provider.poll(handle))).kind == "unavailable"
+    assert rig.fake.count("GET", "get") == FAST.attempts
+
+
+async def test_poll_truncated_json_is_bad_response(make: Any) -> None:
+    rig = await make(duration=0.02)
+    handle, _ = await rig.provider.submit(fill_job())
+    rig.fake.faults.get.append(Fault.truncated())
+    error = await _raises(rig.provider.poll(handle))
+    assert error.kind == "bad_response" and "not valid JSON" in error.message
+    assert (await rig.provider.poll(handle)).state is State.SUCCEEDED  # the next look works
+
+
+async def test_expired_output_file(make: Any) -> None:
+    rig = await make(duration=0.02)
+    _, status = await rig.provider.submit(fill_job())
+    rig.fake.faults.missing_files = True
+    error = await _raises(rig.provider.download(status.outputs[0]))
+    assert error.kind == "expired" and "no longer available" in error.message
+
+
+async def test_download_retries_cdn_faults_and_respects_size_cap(make: Any) -> None:
+    rig = await make(duration=0.02)
+    _, status = await rig.provider.submit(fill_job())
+    rig.fake.faults.files.extend([Fault.error(503), Fault.reset()])
+    assert (await rig.provider.download(status.outputs[0])).startswith(b"\x89PNG")
+    assert len(rig.fake.cdn_requests) == 3
+    small = Downloader(max_bytes=100, retry=FAST)
+    provider = ReplicateProvider(rig.fake.provider_settings(), small, retry=FAST)
+    try:
+        error = await _raises(provider.download(status.outputs[0]))
+    finally:
+        await provider.aclose()
+        await small.aclose()
+    assert error.kind == "bad_response" and "larger than" in error.message
+
+
+# ---- pure parsing -------------------------------------------------------------------------------------------
+
+
+def test_progress_from_tqdm_percentage_bars() -> None:
+    logs = "Using seed: 1\n  0%|          | 0/28 [00:00<?, ?it/s]\r 50%|█████     | 14/28 [00:02<00:02, 5.2it/s]"
+    assert parse_progress(logs) == 0.5
+    assert parse_progress(logs + "\r100%|██████████| 28/28 [00:05<00:00, 5.2it/s]\nsaving\n") == 1.0
+
+
+def test_progress_from_fill_dev_iteration_counter() -> None:
+    logs = "Using seed: 42\r\n0it [00:00, ?it/s]\r7it [00:01, 5.2it/s]\r14it [00:02, 5.2it/s]"
+    assert parse_progress(logs, 28) == 0.5
+    assert parse_progress(logs, None) is None
+    assert parse_progress("28it [00:05, 5.2it/s]\nTotal safe images: 1 out of 1\n", 28) == 0.99
+
+
+def test_progress_absent() -> None:
+    assert parse_progress(None, 28) is None
+    assert parse_progress("", 28) is None
+    assert parse_progress("Running prediction...\nGenerating image...\nGenerated image in 3.1sec", 28) is None
+
+
+def test_output_shapes() -> None:
+    assert output_refs(["https://a/1.png", "https://a/2.png"]) == ["https://a/1.png", "https://a/2.png"]
+    assert output_refs("https://a/1.png") == ["https://a/1.png"]
+    assert output_refs({"created": 1, "data": [{"url": "u1"}, {"url": "u2"}]}) == ["u1", "u2"]
+    assert output_refs({"url": "u"}) == ["u"]
+    assert output_refs({"data": [{"b64_json": "QUJD"}]}) == ["QUJD"]
+    assert output_refs(None) == [] and output_refs([]) == [] and output_refs({"weird": 1}) == []
+
+
+async def test_download_uses_the_downloader_for_inline_outputs(downloader: Downloader) -> None:
+    provider = ReplicateProvider(
+        ProviderSettings("replicate", "https://api.replicate.com/v1", Secret("r8_x"), 1), downloader
+    )
+    try:
+        assert await provider.download(Output("data:image/png;base64,QUJD")) == b"ABC"
+    finally:
+        await provider.aclose()
+
+
+# ---- helpers ------------------------------------------------------------------------------------------------
+
+
+def _b64(image: InputImage) -> str:
+    return base64.b64encode(image.data).decode()
+
+
+async def _raises(awaitable: Any) -> ProviderError:
+    with pytest.raises(ProviderError) as info:
+        await awaitable
+    return info.value
+
+
+async def test_shared_fixture_serves_a_working_fake(fake_replicate: FakeReplicate, downloader: Downloader) -> None:
+    provider = ReplicateProvider(fake_replicate.provider_settings(), downloader, wait_seconds=2, retry=FAST)
+    try:
+        _, status = await provider.submit(fill_job())
+    finally:
+        await provider.aclose()
+    assert status.state is State.SUCCEEDED and fake_replicate.base_url.endswith("/v1")
