@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
 import discord
 from discord import app_commands
@@ -17,6 +16,7 @@ from discord.ext import commands
 
 from bot.config import Settings
 from bot.errors import UserError
+from bot.guild_settings import AuditEntry
 from bot.service import FillService
 from bot.storage import Storage
 
@@ -26,33 +26,16 @@ EXTENSIONS = ("cogs.fill", "cogs.settings", "cogs.history")
 
 
 class FillTree(app_commands.CommandTree["FillBot"]):
-    """One error handler: user errors become ephemeral messages; anything else is logged with context."""
+    """Every command error goes through `cogs.errors.report`."""
 
     async def on_error(self, interaction: discord.Interaction[FillBot], error: app_commands.AppCommandError) -> None:
+        from cogs.errors import report
+
         original = error.original if isinstance(error, app_commands.CommandInvokeError) else error
-        if isinstance(original, UserError):
-            await send_ephemeral(interaction, original.message)
-            return
         if isinstance(original, app_commands.CheckFailure | app_commands.TransformerError):
-            await send_ephemeral(interaction, str(original) or "You cannot use this command here.")
-            return
+            original = UserError(str(original) or "You cannot use this command here.")
         command = interaction.command.qualified_name if interaction.command else "?"
-        log.error(
-            "command %s failed (guild %s, channel %s, user %s)",
-            command, interaction.guild_id, interaction.channel_id, interaction.user.id, exc_info=original,
-        )
-        await send_ephemeral(interaction, "Sorry, something went wrong on our side. The error was logged.")
-
-
-async def send_ephemeral(interaction: discord.Interaction[Any], message: str) -> None:
-    """Answer only the user, whether or not the interaction was already acknowledged."""
-    try:
-        if interaction.response.is_done():
-            await interaction.followup.send(message, ephemeral=True)
-        else:
-            await interaction.response.send_message(message, ephemeral=True)
-    except discord.HTTPException as exc:
-        log.warning("could not send an error message: %s", exc.status)
+        await report(interaction, original, f"command /{command}")
 
 
 class FillBot(commands.Bot):
@@ -106,6 +89,22 @@ class FillBot(commands.Bot):
             return False
         settings = await self.storage.guild_settings(guild_id)
         return settings.flagged_outputs == "spoiler"
+
+    async def moderation_event(self, entry: AuditEntry) -> None:
+        """Audit a moderation action and post it to the server's log channel, if one is set."""
+        await self.storage.record_event(entry)
+        await self.announce(entry.guild_id, f"<@{entry.actor_id}> {entry.key}: {entry.old or ''}".strip())
+
+    async def announce(self, guild_id: int, text: str) -> None:
+        """Post a moderation notice to the server's log channel (best effort)."""
+        settings = await self.storage.guild_settings(guild_id)
+        if settings.log_channel_id is None:
+            return
+        channel = self.get_partial_messageable(settings.log_channel_id, guild_id=guild_id)
+        try:
+            await channel.send(text[:2000], allowed_mentions=discord.AllowedMentions.none())
+        except discord.HTTPException as exc:
+            log.warning("could not post to log channel %s of %s: %s", settings.log_channel_id, guild_id, exc.status)
 
     async def close(self) -> None:
         await self.flow.aclose()

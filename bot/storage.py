@@ -140,6 +140,7 @@ class JobRecord:
     created_at: float = 0.0
     updated_at: float = 0.0
     finished_at: float | None = None
+    channel_nsfw: bool = False
 
     @property
     def finished(self) -> bool:
@@ -149,7 +150,7 @@ class JobRecord:
 _JOB_COLUMNS = (
     "id", "kind", "user_id", "guild_id", "channel_id", "provider", "model", "status", "handle", "request", "prompt",
     "application_id", "interaction_token", "token_expires_at", "reply_message_id", "outputs", "seed", "error",
-    "created_at", "updated_at", "finished_at",
+    "created_at", "updated_at", "finished_at", "channel_nsfw",
 )
 _SELECT_JOB = f"SELECT {', '.join(_JOB_COLUMNS)} FROM jobs"
 
@@ -167,7 +168,7 @@ def _job_from_row(row: sqlite3.Row) -> JobRecord:
         reply_message_id=row["reply_message_id"],
         outputs=tuple(OutputMeta.from_dict(o) for o in json.loads(row["outputs"])),
         seed=row["seed"], error=row["error"], created_at=row["created_at"], updated_at=row["updated_at"],
-        finished_at=row["finished_at"],
+        finished_at=row["finished_at"], channel_nsfw=bool(row["channel_nsfw"]),
     )
 
 
@@ -321,10 +322,14 @@ class Storage:
 
     # -- jobs -----------------------------------------------------------------------------------------------
 
-    async def create_job(self, record: JobRecord, inputs_original: bytes, inputs_mask: bytes | None) -> JobRecord:
+    async def create_job(
+        self, record: JobRecord, inputs_original: bytes | None, inputs_mask: bytes | None
+    ) -> JobRecord:
         """Record a job and its inputs in one transaction, before it is submitted, so a restart can finish it.
 
-        `created_at`/`updated_at` are stamped from the clock; the stored record is returned.
+        Inputs may follow later (`save_inputs`): the bot records a job the moment it is admitted, so limits
+        hold under bursts, and only then downloads the pictures. `created_at`/`updated_at` are stamped from the
+        clock; the stored record is returned.
         """
         now = self._clock()
         stored = replace(record, created_at=now, updated_at=now)
@@ -334,11 +339,24 @@ class Storage:
             await self._execute(
                 f"INSERT INTO jobs ({', '.join(_JOB_COLUMNS)}) VALUES ({_placeholders(values)})", values
             )
-            await self._execute(
-                "INSERT INTO job_inputs (job_id, original, mask) VALUES (?, ?, ?)",
-                (stored.id, inputs_original, inputs_mask),
-            )
+            if inputs_original is not None:
+                await self._execute(
+                    "INSERT INTO job_inputs (job_id, original, mask) VALUES (?, ?, ?)",
+                    (stored.id, inputs_original, inputs_mask),
+                )
         return stored
+
+    async def save_inputs(self, job_id: str, original: bytes, mask: bytes | None) -> None:
+        """Store (or replace) a job's input pictures."""
+        async with self._transaction():
+            await self._execute(
+                "INSERT OR REPLACE INTO job_inputs (job_id, original, mask) VALUES (?, ?, ?)", (job_id, original, mask)
+            )
+
+    async def discard_job(self, job_id: str) -> None:
+        """Forget a job that never started (its pictures were refused): it must not count toward limits."""
+        async with self._transaction():
+            await self._execute("DELETE FROM jobs WHERE id = ?", (job_id,))
 
     async def update_job(self, job_id: str, **fields: object) -> JobRecord | None:
         """Change whitelisted columns and stamp `updated_at`; None if the job no longer exists (erased).
@@ -502,6 +520,11 @@ class Storage:
         return int(rows[0][0])
 
     # -- guild settings -------------------------------------------------------------------------------------
+
+    async def record_event(self, entry: AuditEntry) -> None:
+        """Audit a moderation action that is not a settings change (e.g. a moderator deleting a result)."""
+        async with self._transaction():
+            await self._audit(entry)
 
     async def _audit(self, entry: AuditEntry) -> None:
         await self._execute(

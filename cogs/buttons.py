@@ -12,6 +12,7 @@ import discord
 from bot.params import request_from_json
 from bot.storage import JobRecord
 from cogs import rendering
+from cogs.errors import SafeModal, report
 
 if TYPE_CHECKING:
     from bot.app import FillBot
@@ -47,6 +48,15 @@ class JobButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"fill:
     ) -> JobButton:
         return cls(match["job"])  # type: ignore[call-arg]
 
+    async def callback(self, interaction: discord.Interaction) -> None:
+        try:
+            await self.run(interaction)
+        except Exception as exc:
+            await report(interaction, exc, f"button {self.action} on job {self.job_id}")
+
+    async def run(self, interaction: discord.Interaction) -> None:
+        raise NotImplementedError
+
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
         self.record = await _bot(interaction).storage.get_job(self.job_id)
         if self.record is None:
@@ -64,13 +74,14 @@ class JobButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"fill:
 
 
 class CancelButton(JobButton, template=r"fill:cancel:" + _ID):
+    action = "cancel"
     moderators_too = True
 
     def __init__(self, job_id: str) -> None:
         super().__init__(job_id, discord.ui.Button(label="Cancel", style=discord.ButtonStyle.secondary,
                                                    emoji="⏹️", custom_id=f"fill:cancel:{job_id}"))
 
-    async def callback(self, interaction: discord.Interaction) -> None:
+    async def run(self, interaction: discord.Interaction) -> None:
         if _bot(interaction).service.engine.cancel(self.job_id):
             await interaction.response.defer()  # the job's own final edit shows "Canceled"
         else:
@@ -78,16 +89,18 @@ class CancelButton(JobButton, template=r"fill:cancel:" + _ID):
 
 
 class RerunButton(JobButton, template=r"fill:rerun:" + _ID):
+    action = "rerun"
     def __init__(self, job_id: str) -> None:
         super().__init__(job_id, discord.ui.Button(label="Rerun", style=discord.ButtonStyle.primary, emoji="🔁",
                                                    custom_id=f"fill:rerun:{job_id}"))
 
-    async def callback(self, interaction: discord.Interaction) -> None:
+    async def run(self, interaction: discord.Interaction) -> None:
         assert self.record is not None
         await _bot(interaction).flow.rerun(interaction, self.record)
 
 
 class InfoButton(JobButton, template=r"fill:info:" + _ID):
+    action = "info"
     def __init__(self, job_id: str) -> None:
         super().__init__(job_id, discord.ui.Button(label="Info", style=discord.ButtonStyle.secondary, emoji="ℹ️",
                                                    custom_id=f"fill:info:{job_id}"))
@@ -99,7 +112,7 @@ class InfoButton(JobButton, template=r"fill:info:" + _ID):
             return False
         return True  # parameters are no secret: anyone who sees the result may read them
 
-    async def callback(self, interaction: discord.Interaction) -> None:
+    async def run(self, interaction: discord.Interaction) -> None:
         assert self.record is not None
         request = request_from_json(self.record.request)
         text = rendering.parameters_text(request, {"job": self.record.id, "status": self.record.status})
@@ -107,27 +120,30 @@ class InfoButton(JobButton, template=r"fill:info:" + _ID):
 
 
 class DeleteButton(JobButton, template=r"fill:delete:" + _ID):
+    action = "delete"
     moderators_too = True
 
     def __init__(self, job_id: str) -> None:
         super().__init__(job_id, discord.ui.Button(label="Delete", style=discord.ButtonStyle.danger, emoji="🗑️",
                                                    custom_id=f"fill:delete:{job_id}"))
 
-    async def callback(self, interaction: discord.Interaction) -> None:
+    async def run(self, interaction: discord.Interaction) -> None:
         await _bot(interaction).flow.delete_result(interaction, self.job_id)
 
 
 class ShareButton(JobButton, template=r"fill:share:" + _ID):
+    action = "share"
     def __init__(self, job_id: str) -> None:
         super().__init__(job_id, discord.ui.Button(label="Share", style=discord.ButtonStyle.success, emoji="📣",
                                                    custom_id=f"fill:share:{job_id}"))
 
-    async def callback(self, interaction: discord.Interaction) -> None:
+    async def run(self, interaction: discord.Interaction) -> None:
         assert self.record is not None
         await _bot(interaction).flow.share(interaction, self.record)
 
 
 class ReuseButton(JobButton, template=r"fill:reuse:" + _ID + r":(?P<index>[0-9])"):
+    action = "reuse"
     def __init__(self, job_id: str, index: int = 0, label: str = "Use as input") -> None:
         super().__init__(job_id, discord.ui.Button(label=label, style=discord.ButtonStyle.secondary, emoji="🖌️",
                                                    custom_id=f"fill:reuse:{job_id}:{index}"))
@@ -139,12 +155,12 @@ class ReuseButton(JobButton, template=r"fill:reuse:" + _ID + r":(?P<index>[0-9])
     ) -> ReuseButton:
         return cls(match["job"], int(match["index"]))
 
-    async def callback(self, interaction: discord.Interaction) -> None:
+    async def run(self, interaction: discord.Interaction) -> None:
         assert self.record is not None
         await interaction.response.send_modal(ReuseModal(self.record, self.index))
 
 
-class ReuseModal(discord.ui.Modal, title="Use this image as the new input"):
+class ReuseModal(SafeModal, title="Use this image as the new input"):
     prompt: discord.ui.TextInput[Any] = discord.ui.TextInput(
         label="Prompt", style=discord.TextStyle.paragraph, max_length=2000,
         placeholder="What should appear in the same area?",

@@ -24,6 +24,7 @@ from bot.params import (
     MaskOptions,
     Value,
 )
+from cogs.errors import SafeModal
 
 if TYPE_CHECKING:
     from bot.app import FillBot
@@ -142,22 +143,17 @@ class FillCog(commands.Cog):
         flow = self.bot.flow
         admission = await flow.admit(interaction, provider=provider, operation="fill", prompt=prompt,
                                      outputs=options.get("outputs"))
-        try:
-            request = FillRequest.build(
-                admission.provider, admission.prompt, options, mask=mask_options, delivery=delivery,
-                internal=admission.internal,
-            )
-        except UserError:
-            admission.release()
-            raise
+        request = FillRequest.build(
+            admission.provider, admission.prompt, options, mask=mask_options, delivery=delivery,
+            internal=admission.internal,
+        )
 
         async def load() -> Any:
             image_bytes = await read_image()
             mask_bytes = await read_mask() if read_mask else None
             return await self.bot.service.prepare_fill(image_bytes, mask_bytes, request)
 
-        await flow.start(interaction, request, admission.context, load, release=admission.release,
-                         notices=admission.notices)
+        await flow.start(interaction, request, admission, load)
 
     # ------------------------------------------------------------------------------------------- /edit
     @app_commands.command(name="edit", description="Edit a picture by instruction with FLUX Kontext.")
@@ -204,18 +200,13 @@ class FillCog(commands.Cog):
     ) -> None:
         flow = self.bot.flow
         admission = await flow.admit(interaction, provider=provider, operation="edit", prompt=prompt, outputs=None)
-        try:
-            request = EditRequest.build(admission.provider, admission.prompt, options, delivery=delivery,
-                                        internal=admission.internal)
-        except UserError:
-            admission.release()
-            raise
+        request = EditRequest.build(admission.provider, admission.prompt, options, delivery=delivery,
+                                    internal=admission.internal)
 
         async def load() -> Any:
             return await self.bot.service.prepare_edit(await read_image(), request)
 
-        await flow.start(interaction, request, admission.context, load, release=admission.release,
-                         notices=admission.notices)
+        await flow.start(interaction, request, admission, load)
 
     @fill.autocomplete("provider")
     @edit.autocomplete("provider")
@@ -223,7 +214,7 @@ class FillCog(commands.Cog):
         self, interaction: discord.Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
         operation = "edit" if interaction.command is not None and interaction.command.name == "edit" else "fill"
-        names = await self.bot.flow.providers_for(interaction.guild_id, operation)
+        names = await self.bot.flow.providers_for(interaction.guild_id, "edit" if operation == "edit" else "fill")
         return [app_commands.Choice(name=label, value=name) for name, label in names if current.lower() in name][:25]
 
     # ------------------------------------------------------------------------------------ context menus
@@ -245,7 +236,7 @@ class FillCog(commands.Cog):
         await interaction.response.send_modal(PromptModal(self, "edit", image, None))
 
 
-class PromptModal(discord.ui.Modal):
+class PromptModal(SafeModal):
     """Asks for the prompt (and, for fills without a mask, a region) for a context-menu job."""
 
     prompt: discord.ui.TextInput[Any] = discord.ui.TextInput(
@@ -282,15 +273,6 @@ class PromptModal(discord.ui.Modal):
         else:
             await self.cog._start_edit(interaction, self.prompt.value, {}, self.image.read,
                                        Delivery(composite=False), None)
-
-    async def on_error(self, interaction: discord.Interaction, error: Exception) -> None:
-        from bot.app import send_ephemeral
-
-        if isinstance(error, UserError):
-            await send_ephemeral(interaction, error.message)
-            return
-        log.error("context-menu job failed", exc_info=error)
-        await send_ephemeral(interaction, "Sorry, something went wrong on our side. The error was logged.")
 
 
 async def setup(bot: FillBot) -> None:

@@ -24,8 +24,19 @@ from typing import TYPE_CHECKING, Any
 import discord
 
 from bot.errors import UserError
+from bot.guild_settings import AuditEntry, GuildSettings, channel_allowed, effective_safety, usable_providers
 from bot.jobs import JobUpdate
-from bot.params import EditRequest, FillRequest, MaskOptions, request_from_json, request_to_json
+from bot.moderation import LimitGate, guild_filter
+from bot.params import (
+    SPECS,
+    EditRequest,
+    FillRequest,
+    MaskOptions,
+    Operation,
+    Value,
+    request_from_json,
+    request_to_json,
+)
 from bot.pipeline import Finished, JobInputs, Prepared
 from bot.providers.base import Handle, State
 from bot.service import JobResult
@@ -53,47 +64,141 @@ class JobContext:
     spoiler_flagged: bool  # flagged outputs: spoiler (age-restricted channels) instead of withholding
 
 
+@dataclass(frozen=True)
+class Admission:
+    """What the server's rules decided before any picture was touched."""
+
+    provider: str
+    prompt: str  # blocked 'strip' terms removed
+    internal: dict[str, Value]  # the provider's safety controls for this channel
+    context: JobContext
+    settings: GuildSettings
+    private_notices: tuple[str, ...] = ()  # told only to the user (e.g. which terms were removed)
+
+
 class JobFlow:
     def __init__(self, bot: FillBot) -> None:
         self.bot = bot
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._gate: LimitGate | None = None
 
     # ----------------------------------------------------------------------------------------------- start
+    async def admit(
+        self,
+        interaction: discord.Interaction,
+        *,
+        provider: str | None,
+        operation: Operation,
+        prompt: str,
+        outputs: Value | None,
+    ) -> Admission:
+        """Apply the server's rules that need no pictures: channel, provider, outputs, blocked terms, safety."""
+        guild_id = interaction.guild_id
+        storage = self.bot.storage
+        settings = await storage.guild_settings(guild_id) if guild_id is not None else GuildSettings()
+        channel = interaction.channel
+        channel_id = interaction.channel_id or 0
+        home = getattr(channel, "parent_id", None) or channel_id  # threads follow their parent's rules
+        if guild_id is not None and not channel_allowed(settings, home):
+            where = ", ".join(f"<#{c}>" for c in settings.channels) or "no channel yet"
+            raise UserError(f"/{operation} is not enabled in this channel. It can be used in: {where}.")
+        nsfw = bool(channel is not None and hasattr(channel, "is_nsfw") and channel.is_nsfw())
+        chosen = await self._choose_provider(guild_id, settings, provider, operation)
+        if isinstance(outputs, int) and outputs > settings.max_outputs:
+            raise UserError(f"`outputs` = {outputs} is more than this server allows (at most {settings.max_outputs}).")
+        private: tuple[str, ...] = ()
+        if guild_id is not None:
+            verdict = (await guild_filter(storage, guild_id)).check(prompt)
+            if verdict.blocked_term is not None:
+                raise UserError(
+                    f"Your prompt contains “{verdict.blocked_term}”, which this server does not allow. "
+                    "Please rephrase it."
+                )
+            if verdict.stripped_terms:
+                private = (f"This server removed {', '.join(f'“{t}”' for t in verdict.stripped_terms)} "
+                           "from your prompt.",)
+                prompt = verdict.stripped_prompt
+        override = await storage.channel_override(guild_id, home) if guild_id is not None else None
+        safety = effective_safety(settings, override, channel_is_nsfw=nsfw)
+        context = JobContext(
+            user_id=interaction.user.id,
+            guild_id=guild_id,
+            channel_id=channel_id,
+            channel_nsfw=nsfw,
+            spoiler_flagged=safety.flagged_outputs == "spoiler",
+        )
+        return Admission(chosen, prompt, safety.for_provider(chosen), context, settings, private)
+
+    async def providers_for(self, guild_id: int | None, operation: Operation) -> list[tuple[str, str]]:
+        """(name, label) of the providers this server may use for `operation`."""
+        settings = await self.bot.storage.guild_settings(guild_id) if guild_id is not None else GuildSettings()
+        able = [s for s in SPECS if s.operation == operation and s.provider in self.bot.service.providers]
+        usable = usable_providers(settings, [s.provider for s in able])
+        return [(s.provider, f"{s.provider}: {s.label}"[:100]) for s in able if s.provider in usable]
+
+    async def _choose_provider(
+        self, guild_id: int | None, settings: GuildSettings, asked: str | None, operation: Operation
+    ) -> str:
+        usable = [name for name, _ in await self.providers_for(guild_id, operation)]
+        if not usable:
+            raise UserError(f"No provider that can do /{operation} is available here. A moderator can allow one "
+                            "with `/fill-settings providers`.")
+        if asked is not None:
+            if asked not in usable:
+                raise UserError(f"The provider `{asked}` is not available for /{operation} here; "
+                                f"use one of: {', '.join(usable)}.")
+            return asked
+        for candidate in (settings.default_provider, self.bot.settings.default_provider):
+            if candidate in usable:
+                return candidate
+        return usable[0]
+
+    @property
+    def gate(self) -> LimitGate:
+        if self._gate is None:
+            self._gate = LimitGate(self.bot.storage)
+        return self._gate
+
     async def start(
         self,
         interaction: discord.Interaction,
         request: FillRequest | EditRequest,
-        context: JobContext,
+        admission: Admission,
         load: Callable[[], Coroutine[Any, Any, Prepared]],
-        *,
-        release: Callable[[], None] = lambda: None,
-        notices: tuple[str, ...] = (),
     ) -> None:
-        """Defer, prepare with `load`, record, then run the job in the background and deliver it."""
+        """Check limits and record the job, defer, prepare with `load`, then run it in the background."""
+        context = admission.context
+        job_id = self.bot.service.new_job_id()
+        target = ReplyTarget(
+            application_id=interaction.application_id,
+            token=interaction.token,
+            token_expires_at=interaction.created_at.timestamp() + TOKEN_LIFETIME,
+            channel_id=context.channel_id,
+            message_id=0,
+            user_id=context.user_id,
+        )
+        # Decide and record under the same lock, so a burst cannot pass one check twice.
+        async with self.gate.admission(admission.settings, context.user_id, context.guild_id) as decision:
+            if not decision.allowed:
+                raise UserError(decision.message)
+            await self.bot.storage.create_job(self._record(job_id, request, context, target), None, None)
         try:
             if not interaction.response.is_done():
                 await interaction.response.defer(thinking=True)
-            try:
-                prepared = await load()
-            except UserError as exc:
-                await self._refuse_after_defer(interaction, exc.message)
-                return
-            job_id = self.bot.service.new_job_id()
-            target = ReplyTarget(
-                application_id=interaction.application_id,
-                token=interaction.token,
-                token_expires_at=interaction.created_at.timestamp() + TOKEN_LIFETIME,
-                channel_id=context.channel_id,
-                message_id=0,
-                user_id=context.user_id,
-            )
-            await self.bot.storage.create_job(
-                self._record(job_id, request, context, target), prepared.inputs.original, prepared.inputs.mask
-            )
-        finally:
-            release()
+            prepared = await load()
+        except UserError as exc:
+            await self.bot.storage.discard_job(job_id)
+            await self._refuse_after_defer(interaction, exc.message)
+            return
+        except BaseException:
+            await self.bot.storage.discard_job(job_id)
+            raise
+        await self.bot.storage.save_inputs(job_id, prepared.inputs.original, prepared.inputs.mask)
+        for note in admission.private_notices:
+            with contextlib.suppress(discord.HTTPException):
+                await interaction.followup.send(note, ephemeral=True)
         started = time.time()
-        notices = notices + prepared.notices
+        notices = prepared.notices
         first = rendering.status_embed(
             request, JobUpdate(job_id, State.QUEUED, 0.0), started_at=started, notices=notices
         )
@@ -226,6 +331,8 @@ class JobFlow:
         notices: tuple[str, ...],
     ) -> None:
         storage = self.bot.storage
+        state: State
+        message: str | None
         if result is None:
             state, message = State.FAILED, "Something went wrong on our side; the error was logged. Please try again."
         else:
@@ -373,23 +480,19 @@ class JobFlow:
             interaction, provider=request.spec.provider, operation=request.spec.operation, prompt=request.prompt,
             outputs=request.params.get("outputs"),
         )
-        try:
-            user_params = {k: v for k, v in request.params.items() if not _is_internal(request, k) and k != "seed"}
-            if isinstance(request, FillRequest):
-                again: FillRequest | EditRequest = FillRequest.build(
-                    admission.provider, admission.prompt, user_params, mask=request.mask,
-                    delivery=request.delivery, internal=admission.internal,
-                )
-            else:
-                again = EditRequest.build(
-                    admission.provider, admission.prompt, user_params, delivery=request.delivery,
-                    internal=admission.internal,
-                )
-        except UserError:
-            admission.release()
-            raise
-        await self.start(interaction, again, admission.context, lambda: prepare(again), release=admission.release,
-                         notices=admission.notices)
+        user_params = {k: v for k, v in request.params.items() if not _is_internal(request, k) and k != "seed"}
+        again: FillRequest | EditRequest
+        if isinstance(request, FillRequest):
+            again = FillRequest.build(
+                admission.provider, admission.prompt, user_params, mask=request.mask,
+                delivery=request.delivery, internal=admission.internal,
+            )
+        else:
+            again = EditRequest.build(
+                admission.provider, admission.prompt, user_params, delivery=request.delivery,
+                internal=admission.internal,
+            )
+        await self.start(interaction, again, admission, lambda: prepare(again))
 
     async def delete_result(self, interaction: discord.Interaction, job_id: str) -> None:
         await interaction.response.defer()
@@ -401,7 +504,8 @@ class JobFlow:
         record = await self.bot.storage.get_job(job_id)
         if record is not None and interaction.user.id != record.user_id and interaction.guild_id is not None:
             await self.bot.moderation_event(
-                interaction.guild_id, interaction.user.id, f"deleted the result of job {job_id} by <@{record.user_id}>"
+                AuditEntry(interaction.guild_id, interaction.user.id, "deleted result", f"job {job_id} by "
+                           f"<@{record.user_id}>", None, time.time())
             )
 
     async def share(self, interaction: discord.Interaction, record: JobRecord) -> None:
@@ -410,7 +514,7 @@ class JobFlow:
         settings = await self.bot.storage.guild_settings(interaction.guild_id)
         if settings.gallery_channel_id is None:
             raise UserError("This server has no gallery channel yet: a moderator can set one with "
-                            "`/fill-settings gallery`.")
+                            "`/fill-settings set gallery_channel_id`.")
         message = interaction.message
         if message is None or not message.attachments:
             raise UserError("There is no image on this message to share.")

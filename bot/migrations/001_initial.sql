@@ -7,6 +7,7 @@ CREATE TABLE jobs (
     user_id           INTEGER NOT NULL,
     guild_id          INTEGER,                      -- NULL in DMs
     channel_id        INTEGER NOT NULL,
+    channel_nsfw      INTEGER NOT NULL DEFAULT 0,   -- age-restricted channel (decides safety on resume)
     provider          TEXT NOT NULL,
     model             TEXT NOT NULL,
     status            TEXT NOT NULL CHECK (status IN (

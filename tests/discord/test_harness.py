@@ -180,6 +180,12 @@ async def use_as_input(interaction: discord.Interaction[Any], message: discord.M
     await interaction.response.send_message(f"using {attachment.filename} ({len(data)} bytes)", ephemeral=True)
 
 
+@app_commands.context_menu(name="Who")
+async def who_menu(interaction: discord.Interaction[Any], member: discord.Member) -> None:
+    interaction.client.events.append(("who", member.id, member.guild_permissions.manage_guild))
+    await interaction.response.send_message(member.name, ephemeral=True)
+
+
 class ThrowawayBot(commands.Bot):
     def __init__(self) -> None:
         super().__init__(command_prefix=commands.when_mentioned, intents=discord.Intents.default())
@@ -196,6 +202,7 @@ class ThrowawayBot(commands.Bot):
         for cmd in cmds:
             self.tree.add_command(cmd)
         self.tree.add_command(use_as_input)
+        self.tree.add_command(who_menu)
 
 
 @pytest.fixture
@@ -302,7 +309,6 @@ async def test_acknowledgement_after_three_seconds_is_unknown_interaction(h: Dis
 
 
 async def test_ack_window_can_be_closed_by_the_test_clock(h: DiscordHarness) -> None:
-    bot_of(h).gate = asyncio.Event()
     payload = fill_payload(h)
     h.fake.register_interaction(payload)
     h.fake.expire_ack_window(payload["token"])
@@ -513,6 +519,13 @@ async def test_message_context_menu_reads_the_target_attachment(h: DiscordHarnes
     assert h.ephemeral_text(sent) == f"using cat.png ({len(image)} bytes)"
 
 
+async def test_user_context_menu(h: DiscordHarness) -> None:
+    sent = await h.dispatch(h.user_command("Who", MODERATOR, user=OWNER))
+
+    assert bot_of(h).events == [("who", MODERATOR.id, True)]
+    assert h.ephemeral_text(sent) == "moderator"
+
+
 async def test_autocomplete(h: DiscordHarness) -> None:
     sent = await h.dispatch(h.autocomplete("style", {"name": "o"}, focused="name"))
 
@@ -554,7 +567,7 @@ async def test_unhandled_command_error_is_captured(h: DiscordHarness) -> None:
 async def test_command_sync_is_recorded_and_ids_reused(h: DiscordHarness) -> None:
     synced = await h.sync_commands()
     names = sorted(c.name for c in synced)
-    assert names == sorted(["fill", "prompt", "style", "where", "secret", "echo", "boom", "Use as input"])
+    assert names == sorted(["fill", "prompt", "style", "where", "secret", "echo", "boom", "Use as input", "Who"])
     fill_id = next(c.id for c in synced if c.name == "fill")
     assert int(h.slash("fill", {"prompt": "x"})["data"]["id"]) == fill_id
 

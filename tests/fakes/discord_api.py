@@ -733,7 +733,7 @@ class FakeDiscord:
             if fault is not None:
                 raise fault
             limit_headers = self._apply_limits(request)
-            response = await handler(request)
+            response: web.StreamResponse = await handler(request)
             response.headers.update(limit_headers)
         except DiscordAPIError as err:
             response = _json(err.body(), status=err.status, headers=err.headers)
@@ -1451,7 +1451,7 @@ def _guess_type(filename: str) -> str:
 
 def _number_components(components: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Copy components, giving each a numeric `id` as Discord does in its responses."""
-    out = json.loads(json.dumps(components))
+    out: list[dict[str, Any]] = json.loads(json.dumps(components))
     for n, comp in enumerate(walk_components(out), start=1):
         comp.setdefault("id", n)
     return out

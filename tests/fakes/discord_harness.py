@@ -456,7 +456,7 @@ class DiscordHarness:
             "resolved": resolved,
         }
         self._add_command_guild(data, name, discord.AppCommandType.user, dm=False)
-        return self._interaction(APPLICATION_COMMAND, data, user=user, channel_id=channel_id)
+        return self._interaction(APPLICATION_COMMAND, data, user=user, channel_id=channel_id, dm=False)
 
     def component(
         self,
@@ -736,7 +736,7 @@ class DiscordHarness:
             if inspect.isawaitable(value):
                 value = await value
             if value:
-                return value  # type: ignore[return-value]
+                return value
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise AssertionError(f"condition not met within {timeout}s: {message or predicate}")
