@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from bot.imaging import (
+    PROVIDER_MIME,
     Limits,
     SizingRule,
     build_mask,
@@ -25,6 +26,7 @@ from bot.imaging import (
     fit_under,
     load_image,
     mask_preview,
+    resize_for,
     sizing,
     soften,
     target_size,
@@ -83,8 +85,9 @@ def sizing_rule(spec: ModelSpec) -> SizingRule:
 
 def _to_provider(image: Image.Image, spec: ModelSpec) -> tuple[Image.Image, InputImage]:
     size = target_size(sizing_rule(spec), image.size)
-    sized = image if size == image.size else image.resize(size, Image.Resampling.LANCZOS)
-    return sized, InputImage(encode_for_provider(sized), "image/png", sized.size)
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    sized = rgb if size == rgb.size else rgb.resize(size, Image.Resampling.LANCZOS, reducing_gap=1.0)
+    return sized, InputImage(encode_for_provider(sized), PROVIDER_MIME, sized.size)
 
 
 def prepare_fill(image_data: bytes, mask_data: bytes | None, request: FillRequest, limits: Limits) -> Prepared:
@@ -92,16 +95,15 @@ def prepare_fill(image_data: bytes, mask_data: bytes | None, request: FillReques
     loaded = load_image(image_data, limits, what="image")
     result = build_mask(loaded, mask_data, request.mask.region, limits, invert=request.mask.invert)
     mask = soften(result.mask, grow=request.mask.grow) if request.mask.grow else result.mask
-    # The provider sees the picture without transparency: the mask says what to repaint.
-    rgb = loaded.image.convert("RGB")
-    sized, image_input = _to_provider(rgb, request.spec)
-    sized_mask = mask.resize(sized.size, Image.Resampling.NEAREST) if sized.size != mask.size else mask
+    # The provider sees the picture without transparency (resize_for drops it): the mask says what to repaint.
+    sized, sized_mask = resize_for(sizing_rule(request.spec), loaded.image, mask)
+    image_input = InputImage(encode_for_provider(sized), PROVIDER_MIME, sized.size)
     mask_input = InputImage(encode_mask(sized_mask), "image/png", sized_mask.size)
     job = ProviderJob(request.spec, request.prompt, request.params, image_input, mask_input)
     return Prepared(
         job=job,
         inputs=JobInputs(image_data, encode_mask(mask)),
-        preview=mask_preview(rgb, mask),
+        preview=mask_preview(loaded.image, mask),
         preview_name="mask-preview.jpg",
         original_size=loaded.image.size,
         coverage=result.coverage,
@@ -112,8 +114,7 @@ def prepare_fill(image_data: bytes, mask_data: bytes | None, request: FillReques
 def prepare_edit(image_data: bytes, request: EditRequest, limits: Limits) -> Prepared:
     """Validate and load the picture and size it for the Kontext model."""
     loaded = load_image(image_data, limits, what="image")
-    rgb = loaded.image.convert("RGB")
-    sized, image_input = _to_provider(rgb, request.spec)
+    sized, image_input = _to_provider(loaded.image, request.spec)
     preview = encode(_thumbnail(sized), "jpeg", quality=80)
     return Prepared(
         job=ProviderJob(request.spec, request.prompt, request.params, image_input),
