@@ -1,0 +1,96 @@
+"""`fillbot` command line: help, local fill end to end, clear errors with non-zero exit, and a Replicate run
+against the fake server in a real subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from bot.cli import main
+from tests.fakes.replicate_server import FakeReplicate
+
+TESTDATA = Path(__file__).resolve().parents[2].parent / "shared" / "testdata"
+COFFEE = TESTDATA / "photo_coffee_1024x768.jpg"
+COFFEE_MASK = TESTDATA / "mask_coffee_1024x768_ellipse.png"
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in list(os.environ):
+        if name.endswith(("_API_TOKEN", "_API_KEY", "_BASE_URL")) or name in ("DEFAULT_PROVIDER", "DISCORD_TOKEN"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)  # no stray .env
+
+
+def test_help_lists_subcommands(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for word in ("run", "sync", "fill", "edit"):
+        assert word in out
+
+
+def test_local_fill_writes_a_composited_result(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    code = main(["fill", str(COFFEE), "--mask", str(COFFEE_MASK), "--provider", "local", "-o", str(out)])
+    assert code == 0
+    files = list(out.iterdir())
+    assert len(files) == 1
+    with Image.open(files[0]) as result:
+        assert result.size == (1024, 768)
+        original = Image.open(COFFEE).convert("RGB")
+        # Far outside the mask the pixels are the user's own (composite is on by default).
+        assert result.convert("RGB").getpixel((5, 5)) == original.getpixel((5, 5))
+    assert "prompt was not used" in capsys.readouterr().err
+
+
+def test_bad_input_exits_non_zero_with_a_clear_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bogus = tmp_path / "fake.png"
+    bogus.write_bytes(b"<svg xmlns='http://www.w3.org/2000/svg'></svg>")
+    code = main(["fill", str(bogus), "--region", "0,0,10,10", "-o", str(tmp_path / "o")])
+    assert code == 1
+    assert "PNG, JPEG, WebP or GIF" in capsys.readouterr().err
+
+
+def test_out_of_range_option_is_refused_before_any_work(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["fill", str(COFFEE), "--mask", str(COFFEE_MASK), "--provider", "bfl", "--steps", "99"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "`steps` = 99" in err and "15 to 50" in err
+
+
+def test_unconfigured_provider_is_named(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["fill", str(COFFEE), "--mask", str(COFFEE_MASK), "--provider", "replicate", "-p", "x"])
+    assert code == 1
+    assert "`replicate` is not configured" in capsys.readouterr().err
+
+
+def test_missing_file_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["fill", "nope.png", "--region", "1,1,5,5", "--provider", "local"])
+    assert code == 1
+    assert "Cannot read the image" in capsys.readouterr().err
+
+
+async def test_replicate_fill_in_a_subprocess_against_the_fake(tmp_path: Path) -> None:
+    async with FakeReplicate(duration=0.3) as fake:
+        env = {**os.environ, "REPLICATE_API_TOKEN": fake.token, "REPLICATE_BASE_URL": fake.base_url,
+               "POLL_INTERVAL": "0.05"}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot", "fill", str(COFFEE), "--mask", str(COFFEE_MASK), "--prompt", "a red vase",
+            "--outputs", "2", "-o", str(tmp_path / "out"), env=env, cwd=tmp_path,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout=60)
+        assert proc.returncode == 0, stderr.decode()
+        written = sorted((tmp_path / "out").iterdir())
+        assert len(written) == 2
+        assert Image.open(io.BytesIO(written[0].read_bytes())).size == (1024, 768)
+        assert fake.count("POST", "create") == 1
+        assert fake.token not in stdout.decode() + stderr.decode()

@@ -1,0 +1,68 @@
+"""Settings: defaults, provider availability, fail-fast errors naming the variable, secrets never printed."""
+
+from __future__ import annotations
+
+import pytest
+
+from bot.config import ConfigError, load_settings
+
+
+def test_defaults_give_local_provider_only() -> None:
+    settings = load_settings({})
+    assert settings.available_providers == ("local",)
+    assert settings.default_provider == "local"
+    assert settings.providers["replicate"].base_url == "https://api.replicate.com/v1"
+    assert settings.providers["bfl"].max_concurrency == 24
+    assert settings.providers["wavespeed"].max_concurrency == 2
+
+
+def test_keys_make_providers_available_and_aggregator_is_just_a_base_url() -> None:
+    settings = load_settings({
+        "REPLICATE_API_TOKEN": "r8_secret", "REPLICATE_BASE_URL": "https://agg.example/replicate/v1/",
+        "BFL_API_KEY": "bfl-secret",
+    })
+    assert settings.available_providers == ("replicate", "bfl", "local")
+    assert settings.default_provider == "replicate"
+    assert settings.providers["replicate"].base_url == "https://agg.example/replicate/v1"
+
+
+@pytest.mark.parametrize(
+    ("env", "words"),
+    [
+        ({"POLL_INTERVAL": "fast"}, ["POLL_INTERVAL", "not a number"]),
+        ({"JOB_DEADLINE": "1"}, ["JOB_DEADLINE", "out of range", "5"]),
+        ({"MAX_ATTACHMENT_BYTES": "12x"}, ["MAX_ATTACHMENT_BYTES", "whole number"]),
+        ({"REPLICATE_BASE_URL": "ftp://x"}, ["REPLICATE_BASE_URL", "http(s)"]),
+        ({"DEFAULT_PROVIDER": "midjourney"}, ["DEFAULT_PROVIDER", "replicate, bfl, wavespeed, local"]),
+        ({"DEFAULT_PROVIDER": "bfl"}, ["DEFAULT_PROVIDER", "BFL_API_KEY"]),
+        ({"LOG_LEVEL": "loud"}, ["LOG_LEVEL", "DEBUG"]),
+        ({"BFL_API_KEY": "two words"}, ["BFL_API_KEY", "white space"]),
+        ({"DISCORD_DEV_GUILD_ID": "abc"}, ["DISCORD_DEV_GUILD_ID", "digits"]),
+    ],
+)
+def test_bad_values_fail_fast_naming_the_variable(env: dict[str, str], words: list[str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(env)
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_secrets_never_appear_in_repr_or_errors() -> None:
+    settings = load_settings({"DISCORD_TOKEN": "tok-123456", "REPLICATE_API_TOKEN": "r8_abcdef"})
+    text = repr(settings) + str(settings)
+    assert "tok-123456" not in text and "r8_abcdef" not in text
+    assert settings.require_discord_token().reveal() == "tok-123456"
+
+
+def test_missing_discord_token_explains_where_to_get_it() -> None:
+    with pytest.raises(ConfigError, match="DISCORD_TOKEN"):
+        load_settings({}).require_discord_token()
+
+
+def test_env_file_is_read_and_environment_wins(tmp_path, monkeypatch) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("POLL_INTERVAL=2.5\nJOB_DEADLINE=100\n")
+    monkeypatch.setenv("JOB_DEADLINE", "200")
+    settings = load_settings(env_file=env_file)
+    assert settings.poll_interval == 2.5
+    assert settings.job_deadline == 200
