@@ -7,6 +7,7 @@ help text, defaults and the provider field mapping. Ranges come from ../shared/p
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from collections.abc import Mapping
@@ -175,6 +176,17 @@ _SAFETY_OFF = Field(
     "disable_safety_checker", bool, "Turn off the provider's NSFW checker (age-restricted channels only).",
     default=False, internal=True,
 )
+_PROMPT_UPSAMPLING = Field(
+    "prompt_upsampling", bool, "Let the provider rewrite the prompt for more creative results.", default=False
+)
+_BFL_SAFETY = Field(
+    "safety_tolerance", int, "Moderation strictness: 0 strictest, 6 most permissive.",
+    default=2, minimum=0, maximum=6, internal=True,
+)
+_ASPECT_RATIO = Field(
+    "aspect_ratio", str, "Shape of the result; match_input_image keeps the input's.",
+    default="match_input_image", choices=KONTEXT_ASPECT_RATIOS,
+)
 _LORA_DESC = "LoRA weights: a Replicate model, Hugging Face, CivitAI or .safetensors URL."
 _LORA_SCALE_DESC = "LoRA strength."
 
@@ -206,8 +218,7 @@ REPLICATE_KONTEXT = ModelSpec(
         _seed(),
         _steps(4, 50, 28, "num_inference_steps"),
         _guidance(0, 10, 2.5),
-        Field("aspect_ratio", str, "Shape of the result; match_input_image keeps the input's.",
-              default="match_input_image", choices=KONTEXT_ASPECT_RATIOS),
+        _ASPECT_RATIO,
         Field("go_fast", bool, "Faster, slightly lower quality on hard prompts.", default=True),
         _SAFETY_OFF,
     ),
@@ -224,10 +235,8 @@ BFL_FILL = ModelSpec(
         _steps(15, 50, 50, "steps"),
         _guidance(1.5, 100, 60),
         _outputs(1, None),
-        Field("prompt_upsampling", bool, "Let the provider rewrite the prompt for more creative results.",
-              default=False),
-        Field("safety_tolerance", int, "Moderation strictness: 0 strictest, 6 most permissive.",
-              default=2, minimum=0, maximum=6, internal=True),
+        _PROMPT_UPSAMPLING,
+        _BFL_SAFETY,
     ),
     fixed={"output_format": "png"},
     prompt_required=False,
@@ -240,12 +249,9 @@ BFL_KONTEXT = ModelSpec(
     label="FLUX.1 Kontext [pro] (Black Forest Labs)",
     fields=(
         _seed(),
-        Field("aspect_ratio", str, "Shape of the result; match_input_image keeps the input's.",
-              default="match_input_image", choices=KONTEXT_ASPECT_RATIOS, wire=None),
-        Field("prompt_upsampling", bool, "Let the provider rewrite the prompt for more creative results.",
-              default=False),
-        Field("safety_tolerance", int, "Moderation strictness: 0 strictest, 6 most permissive.",
-              default=2, minimum=0, maximum=6, internal=True),
+        dataclasses.replace(_ASPECT_RATIO, wire=None),  # BFL omits it for match_input_image
+        _PROMPT_UPSAMPLING,
+        _BFL_SAFETY,
     ),
     fixed={"output_format": "png"},
 )
