@@ -12,7 +12,7 @@ import logging
 
 import discord
 from discord import app_commands
-from discord.ext import commands
+from discord.ext import commands, tasks
 
 from bot.config import Settings
 from bot.errors import UserError
@@ -77,11 +77,16 @@ class FillBot(commands.Bot):
         for extension in EXTENSIONS:
             await self.load_extension(extension)
         self.add_dynamic_items(*DYNAMIC_ITEMS)
+        self.purge_history.start()
+        if self.recover:
+            await self.flow.resume_all()
+
+    @tasks.loop(hours=6)
+    async def purge_history(self) -> None:
+        """Forget prompts, pictures and history older than HISTORY_DAYS (also right after start-up)."""
         purged = await self.storage.purge(self.settings.history_days)
         if purged:
             log.info("purged %d jobs older than %d days", purged, self.settings.history_days)
-        if self.recover:
-            await self.flow.resume_all()
 
     async def spoiler_flagged(self, guild_id: int | None, channel_nsfw: bool) -> bool:
         """Flagged outputs are shown (spoilered) only in age-restricted channels of servers that chose so."""
@@ -107,6 +112,7 @@ class FillBot(commands.Bot):
             log.warning("could not post to log channel %s of %s: %s", settings.log_channel_id, guild_id, exc.status)
 
     async def close(self) -> None:
+        self.purge_history.cancel()
         await self.flow.aclose()
         await self.service.aclose()
         if self._storage is not None:
