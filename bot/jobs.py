@@ -223,10 +223,9 @@ class JobEngine:
             remaining = deadline - self.clock()
             if remaining <= 0:
                 await self._cancel_at_provider(provider, handle)
-                minutes = self.deadline / 60
                 return publish.outcome(
                     State.TIMED_OUT,
-                    f"The provider did not finish within {minutes:g} minutes, so the job was stopped.",
+                    f"The provider did not finish within {_duration(self.deadline)}, so the job was stopped.",
                     handle=handle,
                 )
             delay = min(self.poll_interval * _BACKOFF**polls, _MAX_POLL_DELAY, remaining)
@@ -276,6 +275,13 @@ class JobEngine:
             await provider.cancel(handle)
         except ProviderError as exc:  # best effort: the user asked us to stop, and we have
             log.warning("cancel of %s at %s failed: %s", handle.job_id, provider.name, exc.message)
+
+
+def _duration(seconds: float) -> str:
+    """"10 minutes", "1.5 minutes" or "45 seconds" (not "0.0833333 minutes")."""
+    if seconds < 60:
+        return f"{seconds:.0f} seconds"
+    return f"{round(seconds / 60, 1):g} minutes"
 
 
 def _failure_state(exc: ProviderError) -> State:

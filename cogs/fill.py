@@ -15,6 +15,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.errors import UserError
+from bot.imaging.loading import megabytes
 from bot.params import (
     KONTEXT_ASPECT_RATIOS,
     SEED_MAX,
@@ -40,8 +41,8 @@ def check_attachment(attachment: discord.Attachment, what: str, max_bytes: int) 
     """Refuse from metadata alone what cannot be a picture we accept; the bytes are checked again later."""
     if attachment.size > max_bytes:
         raise UserError(
-            f"The {what} `{attachment.filename}` is {attachment.size / 1048576:.1f} MB; "
-            f"the limit is {max_bytes / 1048576:.0f} MB."
+            f"The {what} `{attachment.filename}` is {megabytes(attachment.size)}; "
+            f"the limit is {megabytes(max_bytes, limit=True)}."
         )
     content_type = (attachment.content_type or "").split(";")[0].strip().lower()
     if content_type and content_type not in ACCEPTED_TYPES:

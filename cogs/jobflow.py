@@ -194,9 +194,6 @@ class JobFlow:
             await self.bot.storage.discard_job(job_id)
             raise
         await self.bot.storage.save_inputs(job_id, prepared.inputs.original, prepared.inputs.mask)
-        for note in admission.private_notices:
-            with contextlib.suppress(discord.HTTPException):
-                await interaction.followup.send(note, ephemeral=True)
         started = time.time()
         notices = prepared.notices
         first = rendering.status_embed(
@@ -217,6 +214,10 @@ class JobFlow:
                 target.user_id,
             )
             await self.bot.storage.update_job(job_id, reply_message_id=message.id)
+            # Only now: while the public reply is still "thinking", a follow-up would replace it, flags and all.
+            for note in admission.private_notices:
+                with contextlib.suppress(discord.HTTPException):
+                    await interaction.followup.send(note, ephemeral=True)
         reply = LiveReply(self.bot, target, min_interval=self.bot.edit_interval)
         if message is None:
             reply.gone = True

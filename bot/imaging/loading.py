@@ -87,7 +87,7 @@ def decode(
         raise ImageError(f"{subject} is empty (0 bytes). Attach a {ACCEPTED} file.")
     if len(data) > limits.max_bytes:
         raise ImageError(
-            f"{subject} is {_megabytes(len(data))}; the limit is {_megabytes(limits.max_bytes)}. "
+            f"{subject} is {megabytes(len(data))}; the limit is {megabytes(limits.max_bytes, limit=True)}. "
             f"Attach a smaller {ACCEPTED} file."
         )
     try:
@@ -220,9 +220,13 @@ def _looks_like(data: bytes) -> str:
     return " (it looks like text)"
 
 
-def _megabytes(n: int) -> str:
-    """Byte counts the way Discord shows them (1 MB = 1024 KiB), rounded up so "over" never reads "equal"."""
-    tenths = math.ceil(n * 10 / (1024 * 1024))
+def megabytes(n: int, *, limit: bool = False) -> str:
+    """Byte counts the way Discord shows them (1 MB = 1024 KiB; KB below 1 MB). Sizes round up and limits
+    round down, so a file over a limit never reads as equal to it (nor a 256 KB limit as "0 MB")."""
+    rounded = math.floor if limit else math.ceil
+    if n < 1024 * 1024:
+        return f"{rounded(n / 1024)} KB"
+    tenths = rounded(n * 10 / (1024 * 1024))
     return f"{tenths // 10} MB" if tenths % 10 == 0 else f"{tenths / 10:.1f} MB"
 
 
