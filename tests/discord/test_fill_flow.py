@@ -1,65 +1,542 @@
 """/fill and /edit end to end: real discord.py against the fake Discord API, real provider clients against
-fake provider servers."""
+fake provider servers. Happy paths per provider, the live status, context menus, result buttons, restarts,
+an expired interaction token and a deleted reply."""
 
 from __future__ import annotations
 
+import base64
 import io
+import logging
+import re
 
-from PIL import Image
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
 
 from bot.app import FillBot
-from tests.discord.conftest import mask_for, photo, running
-from tests.fakes.discord_harness import MEMBER
-from tests.fakes.replicate_server import FakeReplicate
+from tests.discord.conftest import TESTDATA, mask_for, photo, running
+from tests.fakes.bfl_server import FakeBFL
+from tests.fakes.discord_api import FakeMessage
+from tests.fakes.discord_harness import MEMBER, MEMBER_PERMISSIONS, DiscordHarness, Dispatched, FakeUser
+from tests.fakes.replicate_server import FakeReplicate, LogStyle
+from tests.fakes.wavespeed_server import FakeWaveSpeed
+
+OTHER = FakeUser(1004, "other", MEMBER_PERMISSIONS.value)
+FINAL_MARKS = ("✅", "❌", "🛡", "⏹", "⌛")
+WORKING_MARKS = ("⏳", "📨", "🎨")
+MASK_BOX = (160, 120, 320, 240)  # the white rectangle of mask_for(640, 480)
 
 
-def _decode(data: bytes) -> Image.Image:
+# ----------------------------------------------------------------------------------------------- helpers
+
+
+def decode(data: bytes) -> Image.Image:
     img = Image.open(io.BytesIO(data))
     img.load()
     return img
 
 
+def data_uri_image(uri: str) -> Image.Image:
+    header, _, payload = uri.partition(",")
+    assert header.startswith("data:image/") and header.endswith(";base64"), header
+    return decode(base64.b64decode(payload))
+
+
+def is_final(message: FakeMessage | None) -> bool:
+    return (
+        message is not None
+        and not message.loading
+        and bool(message.embeds)
+        and str(message.embeds[0].get("title", "")).startswith(FINAL_MARKS)
+    )
+
+
+async def final_reply(h: DiscordHarness, sent: Dispatched, within: float = 15) -> FakeMessage:
+    """Wait for the interaction's reply to reach a final state (success or a failure embed)."""
+    await h.wait_for(lambda: is_final(h.original(sent)), timeout=within, message="final reply")
+    message = h.original(sent)
+    assert message is not None
+    return message
+
+
+def job_id_of(message: FakeMessage) -> str:
+    for custom_id in message.custom_ids():
+        found = re.fullmatch(r"fill:\w+:([0-9a-f]{12})(?::\d)?", custom_id)
+        if found:
+            return found.group(1)
+    raise AssertionError(f"no job button on the message: {message.custom_ids()}")
+
+
+def field(message: FakeMessage, name: str) -> str:
+    for f in message.embeds[0].get("fields", []):
+        if f["name"] == name:
+            return str(f["value"])
+    raise AssertionError(f"no field {name!r} in {message.embeds[0]}")
+
+
+def status_titles(h: DiscordHarness, message_id: int) -> list[str]:
+    """Titles of every successful edit of one message, in order (webhook or channel route)."""
+    return [
+        str(r.embeds[0].get("title"))
+        for r in h.fake.requests
+        if r.ok and r.message_id == message_id and r.method == "PATCH" and r.embeds
+    ]
+
+
+def outside_mask(size: tuple[int, int], box: tuple[int, int, int, int], margin: int = 40) -> np.ndarray:
+    """Pixels far from the fill area (beyond any feathering)."""
+    keep = Image.new("L", size, 255)
+    left, top, right, bottom = box
+    ImageDraw.Draw(keep).rectangle((left - margin, top - margin, right + margin, bottom + margin), fill=0)
+    return np.asarray(keep) > 0
+
+
+def assert_composited(result: Image.Image, original: Image.Image, box: tuple[int, int, int, int]) -> None:
+    """Outside the mask the result is the user's picture pixel for pixel; inside, the provider's work."""
+    assert result.size == original.size
+    got = np.asarray(result.convert("RGB")).astype(int)
+    want = np.asarray(original.convert("RGB")).astype(int)
+    far = outside_mask(original.size, box)
+    assert np.array_equal(got[far], want[far])
+    left, top, right, bottom = box
+    inner = (slice(top + 10, bottom - 10), slice(left + 10, right - 10))
+    assert np.abs(got[inner] - want[inner]).mean() > 30  # the fakes invert the picture: clearly repainted
+
+
+def assert_result_buttons(message: FakeMessage) -> None:
+    job = job_id_of(message)
+    ids = set(message.custom_ids())
+    for action in ("rerun", "info", "delete", "share"):
+        assert f"fill:{action}:{job}" in ids, (action, ids)
+    assert f"fill:reuse:{job}:0" in ids
+    assert not any(i.startswith("fill:cancel:") for i in ids)
+
+
+def fill_images(png: bytes | None = None, mask: bytes | None = None) -> dict[str, tuple[str, bytes, str]]:
+    return {
+        "image": ("photo.png", png if png is not None else photo(), "image/png"),
+        "mask": ("mask.png", mask if mask is not None else mask_for(), "image/png"),
+    }
+
+
+async def start_fill(h: DiscordHarness, prompt: str = "x", provider: str = "replicate") -> Dispatched:
+    return await h.dispatch(h.slash("fill", {"prompt": prompt, "provider": provider}, attachments=fill_images()))
+
+
+async def wait_running(h: DiscordHarness, sent: Dispatched) -> FakeMessage:
+    """Wait until the reply shows the provider running the job; returns the reply."""
+
+    def shown() -> FakeMessage | None:
+        reply = h.original(sent)
+        if reply is not None and any(t.startswith("🎨 Running") for t in status_titles(h, reply.id)):
+            return reply
+        return None
+
+    return await h.wait_for(shown, message="running status")
+
+
+def modal_ids(h: DiscordHarness, sent: Dispatched) -> tuple[str, dict[str, str]]:
+    """The custom id of the modal the bot answered `sent` with, and its text inputs' ids by label."""
+    modal = h.fake.interaction(sent.token).modal
+    assert modal is not None, "the bot did not open a modal"
+    ids: dict[str, str] = {}
+    for top in modal["components"]:
+        if top.get("type") == 1:
+            for comp in top.get("components", []):
+                ids[comp["label"]] = comp["custom_id"]
+        elif top.get("type") == 18:
+            ids[top["label"]] = top["component"]["custom_id"]
+    return modal["custom_id"], ids
+
+
+def replicate_env(fake: FakeReplicate) -> dict[str, str]:
+    return {"REPLICATE_API_TOKEN": fake.token, "REPLICATE_BASE_URL": fake.base_url}
+
+
+# ------------------------------------------------------------------------------------- happy paths
+
+
 async def test_fill_with_local_provider_delivers_composited_result(make_bot) -> None:
     bot: FillBot = make_bot()
     async with running(bot) as h:
-        p = h.slash("fill", {"prompt": "remove it"}, attachments={
-            "image": ("photo.png", photo(), "image/png"), "mask": ("mask.png", mask_for(), "image/png"),
-        })
-        sent = await h.dispatch(p)
-        await h.wait_for(lambda: any(a.filename.startswith("fill-") for a in h.original(sent).attachments), timeout=15)
-        message = h.original(sent)
+        image = photo()
+        sent = await h.dispatch(h.slash("fill", {"prompt": "remove it"}, attachments=fill_images(image)))
+        message = await final_reply(h, sent)
         assert message.embeds[0]["title"].startswith("✅")
-        result = _decode(message.attachments[0].data)
+        assert "remove it" in message.embeds[0]["description"]
+        assert "local" in field(message, "Model").lower()
+        result = decode(message.attachments[0].data)
         assert result.size == (640, 480)
-        ids = message.custom_ids()
-        assert any(i.startswith("fill:rerun:") for i in ids)
+        far = outside_mask((640, 480), MASK_BOX)
+        assert np.array_equal(np.asarray(result.convert("RGB"))[far], np.asarray(decode(image).convert("RGB"))[far])
+        assert_result_buttons(message)
         assert not h.errors
 
 
-async def test_fill_with_replicate_runs_against_fake_replicate(make_bot, fake_replicate: FakeReplicate) -> None:
-    bot: FillBot = make_bot(REPLICATE_API_TOKEN=fake_replicate.token, REPLICATE_BASE_URL=fake_replicate.base_url)
+@pytest.mark.parametrize(
+    ("prefix", "logs"),
+    [("/v1", "it"), ("/replicate/v1", "percent"), ("/v1", "none")],
+    ids=["official", "aggregator", "no-progress-logs"],
+)
+async def test_fill_with_replicate_shows_live_status_and_delivers(make_bot, prefix: str, logs: LogStyle) -> None:
+    """Without `Prefer: wait` the bot polls: queued → submitted → running (with a percentage only when the
+    logs carry tqdm progress) → done."""
+    async with FakeReplicate(duration=0.5, start_delay=0.1, honour_wait=False, prefix=prefix, logs=logs) as fake:
+        bot: FillBot = make_bot(**replicate_env(fake))
+        async with running(bot) as h:
+            image = photo()
+            sent = await h.dispatch(
+                h.slash("fill", {"prompt": "a red vase", "provider": "replicate"}, attachments=fill_images(image))
+            )
+            message = await final_reply(h, sent)
+            assert message.embeds[0]["title"].startswith("✅"), message.text
+            assert message.embeds[0]["description"] == "a red vase"
+            assert field(message, "Model") == "FLUX.1 Fill [dev] on Replicate"
+            (prediction,) = fake.predictions.values()
+            assert field(message, "Seed") == str(prediction.input["seed"])
+            assert prediction.input["prompt"] == "a red vase"
+            assert all(r.path.startswith(prefix + "/") for r in fake.api_requests())
+            assert fake.count("POST", "create") == 1
+
+            assert len(message.attachments) == 1
+            assert message.attachments[0].filename.endswith(".png")
+            assert_composited(decode(message.attachments[0].data), decode(image), MASK_BOX)
+            assert_result_buttons(message)
+
+            titles = status_titles(h, message.id)
+            assert titles[0].startswith("⏳ Queued")
+            assert any(t.startswith("📨 Submitted") for t in titles)
+            running_titles = [t for t in titles if t.startswith("🎨 Running")]
+            assert running_titles, titles
+            if logs == "none":
+                assert not any("%" in t for t in titles), titles
+            else:
+                assert any(re.fullmatch(r"🎨 Running — \d+%", t) for t in running_titles), titles
+            assert titles[-1].startswith("✅")
+            assert not h.errors
+
+
+async def test_fill_with_bfl_delivers_and_reports_its_progress(make_bot) -> None:
+    async with FakeBFL(duration=0.5) as fake:
+        bot: FillBot = make_bot(BFL_API_KEY=fake.key, BFL_BASE_URL=fake.base_url)
+        async with running(bot) as h:
+            original = (TESTDATA / "photo_coffee_1024x768.jpg").read_bytes()
+            mask = (TESTDATA / "mask_coffee_1024x768_ellipse.png").read_bytes()
+            sent = await h.dispatch(h.slash("fill", {"prompt": "a croissant", "provider": "bfl"}, attachments={
+                "image": ("coffee.jpg", original, "image/jpeg"), "mask": ("mask.png", mask, "image/png"),
+            }))
+            message = await final_reply(h, sent)
+            assert message.embeds[0]["title"].startswith("✅"), message.text
+            assert field(message, "Model") == "FLUX.1 Fill [pro] (Black Forest Labs)"
+            (job,) = fake.jobs.values()
+            assert field(message, "Seed") == str(job.body["seed"])
+            assert job.body["prompt"] == "a croissant"
+            result = decode(message.attachments[0].data)
+            assert result.size == (1024, 768)
+            box = decode(mask).convert("L").getbbox()
+            assert box is not None
+            assert_composited(result, decode(original), box)
+            assert_result_buttons(message)
+            titles = status_titles(h, message.id)
+            assert any(re.fullmatch(r"🎨 Running — \d+%", t) for t in titles), titles
+            assert all("authorization" not in r.headers and "x-key" not in r.headers
+                       for r in fake.requests_to("delivery"))
+            assert not h.errors
+
+
+async def test_fill_with_wavespeed_shows_no_percentage_it_does_not_report(make_bot) -> None:
+    async with FakeWaveSpeed(duration=0.5) as fake:
+        bot: FillBot = make_bot(WAVESPEED_API_KEY=fake.key, WAVESPEED_BASE_URL=fake.base_url)
+        async with running(bot) as h:
+            image = photo()
+            sent = await h.dispatch(
+                h.slash("fill", {"prompt": "a lamp", "provider": "wavespeed"}, attachments=fill_images(image))
+            )
+            message = await final_reply(h, sent)
+            assert message.embeds[0]["title"].startswith("✅"), message.text
+            assert field(message, "Model") == "FLUX.1 Fill [dev] on WaveSpeedAI"
+            (job,) = fake.jobs.values()
+            assert field(message, "Seed") == str(job.body["seed"])
+            assert_composited(decode(message.attachments[0].data), decode(image), MASK_BOX)
+            assert_result_buttons(message)
+            titles = status_titles(h, message.id)
+            assert any(t.startswith("🎨 Running") for t in titles), titles
+            assert not any("%" in t for t in titles), titles
+            assert not h.errors
+
+
+async def test_edit_with_replicate_kontext(make_bot, fake_replicate: FakeReplicate) -> None:
+    bot: FillBot = make_bot(**replicate_env(fake_replicate))
     async with running(bot) as h:
-        p = h.slash("fill", {"prompt": "a red vase", "provider": "replicate"}, attachments={
-            "image": ("photo.png", photo(), "image/png"), "mask": ("mask.png", mask_for(), "image/png"),
-        })
-        sent = await h.dispatch(p)
-        await h.wait_for(lambda: any(a.filename.startswith("fill-") for a in h.original(sent).attachments), timeout=15)
-        message = h.original(sent)
-        assert "a red vase" in message.embeds[0]["description"]
-        assert _decode(message.attachments[0].data).size == (640, 480)
+        sent = await h.dispatch(h.slash("edit", {"prompt": "make it night", "provider": "replicate"}, attachments={
+            "image": ("astro.png", (TESTDATA / "photo_astronaut_512x512.png").read_bytes(), "image/png"),
+        }))
+        message = await final_reply(h, sent)
+        assert message.embeds[0]["title"].startswith("✅"), message.text
+        assert message.embeds[0]["description"] == "make it night"
+        assert field(message, "Model") == "FLUX.1 Kontext [dev] on Replicate"
+        (prediction,) = fake_replicate.predictions.values()
+        assert prediction.model.endswith("flux-kontext-dev")
+        assert field(message, "Seed") == str(prediction.input["seed"])
+        assert "mask" not in prediction.input
+        result = decode(message.attachments[0].data)
+        assert result.width > 0 and result.format == "PNG"
+        assert_result_buttons(message)
         assert not h.errors
 
 
-async def test_bad_image_is_refused_ephemerally_without_provider_request(
-    make_bot, fake_replicate: FakeReplicate
-) -> None:
-    bot: FillBot = make_bot(REPLICATE_API_TOKEN=fake_replicate.token, REPLICATE_BASE_URL=fake_replicate.base_url)
+async def test_edit_with_bfl_kontext(make_bot) -> None:
+    async with FakeBFL(duration=0.2) as fake:
+        bot: FillBot = make_bot(BFL_API_KEY=fake.key, BFL_BASE_URL=fake.base_url)
+        async with running(bot) as h:
+            source = (TESTDATA / "photo_chelsea_900x600.webp").read_bytes()
+            sent = await h.dispatch(h.slash("edit", {"prompt": "give the cat a hat", "provider": "bfl"}, attachments={
+                "image": ("cat.webp", source, "image/webp"),
+            }))
+            message = await final_reply(h, sent)
+            assert message.embeds[0]["title"].startswith("✅"), message.text
+            assert field(message, "Model") == "FLUX.1 Kontext [pro] (Black Forest Labs)"
+            (job,) = fake.jobs.values()
+            assert job.model == "flux-kontext-pro"
+            assert field(message, "Seed") == str(job.body["seed"])
+            result = decode(message.attachments[0].data)
+            assert result.size == (900, 600)  # the fake answers at the size it was sent
+            assert_result_buttons(message)
+            assert not h.errors
+
+
+async def test_transparent_hole_without_mask_is_filled(make_bot, fake_replicate: FakeReplicate) -> None:
+    bot: FillBot = make_bot(**replicate_env(fake_replicate))
     async with running(bot) as h:
-        p = h.slash("fill", {"prompt": "x", "provider": "replicate"}, attachments={
-            "image": ("photo.png", b"this is not a picture", "image/png"),
-            "mask": ("mask.png", mask_for(), "image/png"),
-        }, user=MEMBER)
-        sent = await h.dispatch(p)
-        await h.wait_for(lambda: h.ephemeral_text(sent), timeout=10)
-        assert "PNG, JPEG, WebP or GIF" in h.ephemeral_text(sent)
-        assert fake_replicate.api_requests() == []
+        rgba = (TESTDATA / "rgba_coffee_ellipse_hole.png").read_bytes()
+        sent = await h.dispatch(h.slash("fill", {"prompt": "a cookie", "provider": "replicate"}, attachments={
+            "image": ("hole.png", rgba, "image/png"),
+        }))
+        message = await final_reply(h, sent)
+        assert message.embeds[0]["title"].startswith("✅"), message.text
+        source = decode(rgba)
+        result = decode(message.attachments[0].data)
+        assert result.size == source.size == (600, 400)
+        (prediction,) = fake_replicate.predictions.values()
+        sent_mask = np.asarray(data_uri_image(prediction.input["mask"]).convert("L").resize(source.size)) > 127
+        hole = np.asarray(source.getchannel("A")) < 255
+        assert (sent_mask == hole).mean() > 0.99  # the mask the provider got is the transparent hole
+        assert not h.errors
+
+
+async def test_region_option_builds_the_mask(make_bot, fake_replicate: FakeReplicate) -> None:
+    bot: FillBot = make_bot(**replicate_env(fake_replicate))
+    async with running(bot) as h:
+        image = photo()
+        sent = await h.dispatch(h.slash(
+            "fill", {"prompt": "a window", "provider": "replicate", "region": "50%,50%,25%,25%"},
+            attachments={"image": ("photo.png", image, "image/png")},
+        ))
+        message = await final_reply(h, sent)
+        assert message.embeds[0]["title"].startswith("✅"), message.text
+        (prediction,) = fake_replicate.predictions.values()
+        sent_mask = data_uri_image(prediction.input["mask"]).convert("L")
+        assert sent_mask.size == (640, 480)
+        assert sent_mask.getbbox() == (320, 240, 480, 360)
+        assert_composited(decode(message.attachments[0].data), decode(image), (320, 240, 480, 360))
+
+
+async def test_context_menu_fill_with_modal(make_bot, fake_replicate: FakeReplicate) -> None:
+    bot: FillBot = make_bot(DEFAULT_PROVIDER="replicate", **replicate_env(fake_replicate))
+    async with running(bot) as h:
+        image = (TESTDATA / "photo_coffee_1024x768.jpg").read_bytes()
+        mask = (TESTDATA / "mask_coffee_1024x768_ellipse.png").read_bytes()
+        post = h.post_message("fix this", files=[("coffee.jpg", image, "image/jpeg"),
+                                                  ("coffee_mask.png", mask, "image/png")])
+        opened = await h.dispatch(h.message_command("Fill with…", post))
+        assert h.responses(opened)[0].callback_type == 9
+        modal_id, inputs = modal_ids(h, opened)
+        assert "Prompt" in inputs
+        assert not any(label.startswith("Region") for label in inputs)  # the message has a mask
+        submitted = await h.dispatch(h.modal_submit(modal_id, {inputs["Prompt"]: "a croissant"}))
+        message = await final_reply(h, submitted)
+        assert message.embeds[0]["title"].startswith("✅"), message.text
+        assert message.embeds[0]["description"] == "a croissant"
+        result = decode(message.attachments[0].data)
+        assert result.size == (1024, 768)
+        box = decode(mask).convert("L").getbbox()
+        assert box is not None
+        assert_composited(result, decode(image), box)
+        assert not h.errors
+
+
+# ------------------------------------------------------------------------------------------ buttons
+
+
+async def test_cancel_while_running(make_bot) -> None:
+    async with FakeReplicate(duration=30, honour_wait=False) as fake:
+        bot: FillBot = make_bot(**replicate_env(fake))
+        async with running(bot) as h:
+            sent = await start_fill(h)
+            reply = await wait_running(h, sent)
+            job = job_id_of(reply)
+            assert f"fill:cancel:{job}" in reply.custom_ids()
+            click = await h.dispatch(h.component(f"fill:cancel:{job}", reply.id))
+            assert h.responses(click)[0].callback_type == 6
+            message = await final_reply(h, sent)
+            assert message.embeds[0]["title"] == "⏹️ Canceled"
+            assert not message.attachments
+            assert fake.count("POST", "cancel") == 1
+            (prediction,) = fake.predictions.values()
+            assert prediction.canceled_at is not None
+            assert (await h.bot.storage.get_job(job)).status == "canceled"  # type: ignore[attr-defined, union-attr]
+            assert not h.errors
+
+
+async def test_cancel_by_another_member_is_refused(make_bot) -> None:
+    async with FakeReplicate(duration=30, honour_wait=False) as fake:
+        bot: FillBot = make_bot(**replicate_env(fake))
+        async with running(bot) as h:
+            sent = await start_fill(h)
+            reply = await wait_running(h, sent)
+            click = await h.dispatch(h.component(f"fill:cancel:{job_id_of(reply)}", reply.id, user=OTHER))
+            assert "only the person who started this job" in h.ephemeral_text(click)
+            assert fake.count("POST", "cancel") == 0
+            assert not is_final(h.original(sent))
+
+
+async def test_rerun_makes_a_new_reply_with_a_new_seed(make_bot, fake_replicate: FakeReplicate) -> None:
+    bot: FillBot = make_bot(**replicate_env(fake_replicate))
+    async with running(bot) as h:
+        sent = await start_fill(h, "a vase")
+        first = await final_reply(h, sent)
+        rerun = await h.dispatch(h.component(f"fill:rerun:{job_id_of(first)}", first.id))
+        second = await final_reply(h, rerun)
+        assert second.id != first.id
+        assert second.embeds[0]["title"].startswith("✅"), second.text
+        assert job_id_of(second) != job_id_of(first)
+        assert field(second, "Seed") != field(first, "Seed")
+        assert second.embeds[0]["description"] == "a vase"
+        assert fake_replicate.count("POST", "create") == 2
+        assert decode(second.attachments[0].data).size == (640, 480)
+        assert h.fake.message(first.id).attachments  # the first result is untouched
+        assert not h.errors
+
+
+async def test_rerun_still_works_after_a_restart(make_bot, fake_replicate: FakeReplicate) -> None:
+    env = replicate_env(fake_replicate)
+    async with running(make_bot(**env)) as h:
+        sent = await start_fill(h, "a vase")
+        first = await final_reply(h, sent)
+        await h.restart(make_bot(**env))  # same database file
+        rerun = await h.dispatch(h.component(f"fill:rerun:{job_id_of(first)}", first.id))
+        second = await final_reply(h, rerun)
+        assert second.embeds[0]["title"].startswith("✅"), second.text
+        assert second.id != first.id
+        assert fake_replicate.count("POST", "create") == 2
+        assert not h.errors
+
+
+async def test_info_shows_the_parameters_ephemerally_to_anyone(make_bot, fake_replicate: FakeReplicate) -> None:
+    bot: FillBot = make_bot(**replicate_env(fake_replicate))
+    async with running(bot) as h:
+        sent = await h.dispatch(h.slash(
+            "fill", {"prompt": "a teapot", "provider": "replicate", "seed": 4242, "steps": 20},
+            attachments=fill_images(),
+        ))
+        message = await final_reply(h, sent)
+        click = await h.dispatch(h.component(f"fill:info:{job_id_of(message)}", message.id, user=OTHER))
+        (answer,) = h.responses(click)
+        assert answer.callback_type == 4 and answer.ephemeral
+        text = h.ephemeral_text(click)
+        assert "a teapot" in text and "4242" in text and "flux-fill-dev" in text
+        assert re.search(r"steps:\*\* `20`", text), text
+        assert job_id_of(message) in text
+        assert len(h.fake.message(message.id).attachments) == 1  # the result itself is unchanged
+
+
+async def test_delete_by_requester_and_refusal_for_others(make_bot, fake_replicate: FakeReplicate) -> None:
+    bot: FillBot = make_bot(**replicate_env(fake_replicate))
+    async with running(bot) as h:
+        sent = await start_fill(h)
+        message = await final_reply(h, sent)
+        custom_id = f"fill:delete:{job_id_of(message)}"
+
+        refused = await h.dispatch(h.component(custom_id, message.id, user=OTHER))
+        assert "Sorry, only the person who started this job or a moderator" in h.ephemeral_text(refused)
+        assert h.responses(refused)[0].ephemeral
+        assert not h.fake.message(message.id).deleted
+
+        deleted = await h.dispatch(h.component(custom_id, message.id, user=MEMBER))
+        await h.wait_for(lambda: h.fake.message(message.id).deleted)
+        assert h.ephemeral_text(deleted) == ""
+        record = await bot.storage.get_job(job_id_of(message))
+        assert record is not None and record.reply_message_id is None
+        assert not h.errors
+
+
+async def test_use_as_input_starts_a_job_on_the_output(make_bot, fake_replicate: FakeReplicate) -> None:
+    bot: FillBot = make_bot(**replicate_env(fake_replicate))
+    async with running(bot) as h:
+        sent = await start_fill(h, "a vase")
+        first = await final_reply(h, sent)
+        output = decode(first.attachments[0].data).convert("RGB")
+
+        opened = await h.dispatch(h.component(f"fill:reuse:{job_id_of(first)}:0", first.id))
+        modal_id, inputs = modal_ids(h, opened)
+        submitted = await h.dispatch(
+            h.modal_submit(modal_id, {inputs["Prompt"]: "a lily"}, message_id=first.id)
+        )
+        second = await final_reply(h, submitted)
+        assert second.id != first.id
+        assert second.embeds[0]["title"].startswith("✅"), second.text
+        assert second.embeds[0]["description"] == "a lily"
+        first_job, second_job = sorted(fake_replicate.predictions.values(), key=lambda p: p.created)
+        sent_image = data_uri_image(second_job.input["image"]).convert("RGB")
+        assert sent_image.size == output.size
+        diff = np.abs(np.asarray(sent_image).astype(int) - np.asarray(output).astype(int)).mean()
+        assert diff < 3, diff  # the new job's input is the first job's output (JPEG q95 on the wire)
+        masks = [data_uri_image(p.input["mask"]).tobytes() for p in (first_job, second_job)]
+        assert masks[0] == masks[1]  # no region given: the same mask is reused
+        assert not h.errors
+
+
+# ------------------------------------------------------------------------------ Discord-side trouble
+
+
+async def test_job_outliving_its_token_is_delivered_through_the_channel(make_bot) -> None:
+    async with FakeReplicate(duration=0.8, honour_wait=False) as fake:
+        bot: FillBot = make_bot(**replicate_env(fake))
+        async with running(bot) as h:
+            sent = await start_fill(h)
+            reply_id = (await wait_running(h, sent)).id
+            h.fake.expire_token(sent.token)
+            message = await final_reply(h, sent)
+            assert message.id == reply_id
+            assert message.embeds[0]["title"].startswith("✅"), message.text
+            assert message.attachments and message.attachments[0].filename.startswith("fill-")
+            refused = [r for r in h.fake.requests_to("PATCH", "/api/v10/webhooks/*") if r.status == 401]
+            assert refused, "the webhook route should have been tried and refused"
+            via_channel = h.fake.requests_to("PATCH", f"/api/v10/channels/*/messages/{reply_id}")
+            assert any(r.ok and r.files for r in via_channel)
+            assert not h.errors
+
+
+async def test_deleted_reply_stops_updates_quietly(make_bot, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    async with FakeReplicate(duration=30, honour_wait=False) as fake:
+        bot: FillBot = make_bot(**replicate_env(fake))
+        async with running(bot) as h:
+            sent = await start_fill(h)
+            reply = await wait_running(h, sent)
+            job = job_id_of(reply)
+            h.fake.delete_message(reply.id)
+            mark = len(h.fake.requests)
+
+            async def finished() -> bool:
+                record = await bot.storage.get_job(job)
+                return record is not None and record.finished_at is not None
+
+            await h.wait_for(finished, timeout=10)
+            later = [r for r in h.fake.requests[mark:] if r.message_id == reply.id or r.path.endswith("@original")]
+            assert len(later) <= 1 and all(r.status == 404 for r in later), [(r.path, r.status) for r in later]
+            assert fake.count("POST", "cancel") == 1  # nobody will see the result: stop paying for it
+            assert not h.errors and not h.exceptions
+            assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+            assert not [r for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("cogs")]
+
