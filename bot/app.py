@@ -8,6 +8,7 @@ on every start.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import discord
@@ -77,8 +78,8 @@ class FillBot(commands.Bot):
         for extension in EXTENSIONS:
             await self.load_extension(extension)
         self.add_dynamic_items(*DYNAMIC_ITEMS)
-        self.purge_history.start()
-        if self.recover:
+        if self.recover:  # background work only for a serving bot, not for `fillbot sync`
+            self.purge_history.start()
             await self.flow.resume_all()
 
     @tasks.loop(hours=6)
@@ -112,7 +113,11 @@ class FillBot(commands.Bot):
             log.warning("could not post to log channel %s of %s: %s", settings.log_channel_id, guild_id, exc.status)
 
     async def close(self) -> None:
+        purge = self.purge_history.get_task()
         self.purge_history.cancel()
+        if purge is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await purge
         await self.flow.aclose()
         await self.service.aclose()
         if self._storage is not None:
