@@ -94,3 +94,16 @@ async def test_replicate_fill_in_a_subprocess_against_the_fake(tmp_path: Path) -
         assert Image.open(io.BytesIO(written[0].read_bytes())).size == (1024, 768)
         assert fake.count("POST", "create") == 1
         assert fake.token not in stdout.decode() + stderr.decode()
+
+
+def test_run_without_token_explains_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run"]) == 2
+    assert "DISCORD_TOKEN" in capsys.readouterr().err
+
+
+def test_bad_setting_exits_2_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("JOB_DEADLINE", "soon")
+    assert main(["fill", str(COFFEE), "--region", "1,1,5,5"]) == 2
+    assert "JOB_DEADLINE" in capsys.readouterr().err
