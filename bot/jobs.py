@@ -206,6 +206,8 @@ class JobEngine:
         deadline = self.clock() + self.deadline
         if handle is None:
             assert job is not None
+            # Sync-mode creates (Replicate's `Prefer: wait`) can hold for a minute: say we are past the queue.
+            publish.soon(JobUpdate(job_id, State.STARTING, 0.0))
             try:
                 handle, status = await provider.submit(job)
             except ProviderError as exc:
