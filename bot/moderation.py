@@ -310,7 +310,8 @@ async def admit(
 
 
 class LimitGate:
-    """Serialises admission per server and per person, so limits hold when many commands arrive at once.
+    """Serialises admission per person (and per server when it has a daily quota), so limits hold when many
+    commands arrive at once.
 
     Usage::
 
@@ -334,8 +335,12 @@ class LimitGate:
     async def admission(
         self, settings: GuildSettings, user_id: int, guild_id: int | None
     ) -> AsyncIterator[LimitDecision]:
+        # Only a server-wide quota needs the server lock (cooldown, concurrency and personal quotas count one
+        # person's jobs); taking it always serialised every admission in a busy server behind database writes.
         # Always server lock first, then the person's: a fixed order cannot deadlock.
-        locks = ([self._lock(("guild", guild_id))] if guild_id is not None else []) + [self._lock(("user", user_id))]
+        locks = [self._lock(("user", user_id))]
+        if guild_id is not None and settings.daily_quota_per_guild > 0:
+            locks.insert(0, self._lock(("guild", guild_id)))
         async with contextlib.AsyncExitStack() as stack:
             for lock in locks:
                 await stack.enter_async_context(lock)

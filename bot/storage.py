@@ -542,6 +542,9 @@ class Storage:
 
     async def guild_settings(self, guild_id: int) -> GuildSettings:
         """A server's settings (defaults for keys never set), read through a cache invalidated on write."""
+        cached = self._settings.get(guild_id)  # a hit needs no lock: every command reads this before acking
+        if cached is not None:
+            return cached
         async with self._lock:
             return await self._settings_unlocked(guild_id)
 
@@ -587,6 +590,9 @@ class Storage:
             return dict(await self._overrides_unlocked(guild_id))
 
     async def channel_override(self, guild_id: int, channel_id: int) -> ChannelOverride | None:
+        cached = self._overrides.get(guild_id)
+        if cached is not None:
+            return cached.get(channel_id)
         async with self._lock:
             return (await self._overrides_unlocked(guild_id)).get(channel_id)
 
@@ -646,6 +652,9 @@ class Storage:
 
     async def blocked_terms(self, guild_id: int) -> tuple[BlockedTerm, ...]:
         """A server's filter terms, oldest first, read through a cache invalidated on write."""
+        cached = self._terms.get(guild_id)
+        if cached is not None:
+            return cached
         async with self._lock:
             return await self._terms_unlocked(guild_id)
 
