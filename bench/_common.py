@@ -1,0 +1,114 @@
+"""Helpers shared by the benchmarks: the test picture, percentiles, process memory, machine description."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import io
+import os
+import platform
+import statistics
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+ROOT = Path(__file__).resolve().parents[1]
+TESTDATA = ROOT.parent / "shared" / "testdata"
+RESULTS = ROOT / "bench" / "results"
+MiB = 1024 * 1024
+
+
+def photo_1440() -> bytes:
+    """The 1440x1440 RGBA PNG of bench_preprocess (noisy astronaut, transparent hole), ~3.5 MB.
+
+    Noise makes it compress like a photo: a gradient test card would make every encode look free.
+    The transparent hole is the fill area, so /fill needs no mask attachment.
+    """
+    cached = RESULTS / ".cache" / "hole_1440.png"
+    if cached.exists():
+        return cached.read_bytes()
+    rng = np.random.default_rng(7)
+    with Image.open(TESTDATA / "photo_astronaut_512x512.png") as source:
+        resized = source.convert("RGB").resize((1440, 1440), Image.Resampling.LANCZOS)
+    values = np.asarray(resized, dtype=np.float32)
+    values += rng.normal(0.0, 3.0, values.shape).astype(np.float32)
+    rgba = Image.fromarray(np.clip(values, 0, 255).astype(np.uint8)).convert("RGBA")
+    hole = Image.new("L", rgba.size, 0)
+    ImageDraw.Draw(hole).ellipse((420, 380, 1060, 980), fill=255)
+    rgba.paste((0, 0, 0, 0), mask=hole)
+    buffer = io.BytesIO()
+    rgba.save(buffer, "PNG")
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_bytes(buffer.getvalue())
+    return buffer.getvalue()
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank-free linear percentile (q in 0..100); NaN for no values."""
+    if not values:
+        return float("nan")
+    if len(values) == 1:
+        return float(values[0])
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q))
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values)) if values else float("nan")
+
+
+def proc_status_kib(field: str) -> int:
+    """VmHWM / VmRSS of this process in KiB, from /proc/self/status."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def reset_peak_rss() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0: write 5 to clear_refs); False if not allowed."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _ram_gib() -> float:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) / 1024 / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def machine_lines() -> list[str]:
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    libs = ", ".join(
+        f"{name} {_version(name)}" for name in ("discord.py", "httpx", "aiohttp", "Pillow", "numpy", "replicate")
+    )
+    return [
+        f"- machine: {_cpu_model()}, {os.cpu_count()} CPUs ({usable} usable), {_ram_gib():.1f} GiB RAM, "
+        f"{platform.platform()}",
+        f"- Python {platform.python_version()} ({sys.executable}); {libs}",
+    ]
