@@ -132,7 +132,7 @@ class FillService:
         self,
         job_id: str,
         request: FillRequest | EditRequest,
-        inputs: JobInputs,
+        inputs: JobInputs | Callable[[], Awaitable[JobInputs]],
         on_update: UpdateCallback,
         *,
         job: ProviderJob | None = None,
@@ -140,12 +140,15 @@ class FillService:
         before_submit: Callable[[], Awaitable[None]] | None = None,
         max_total_bytes: int | None = None,
     ) -> JobResult:
-        """Submit `job` (or resume polling `handle`), then finish its outputs against `inputs`."""
+        """Submit `job` (or resume polling `handle`), then finish its outputs against `inputs` (or what the
+        `inputs` loader returns once the outputs are in)."""
         outcome = await self.engine.run(
             job_id, request.spec.provider, on_update, job=job, handle=handle, before_submit=before_submit
         )
         if outcome.state is not State.SUCCEEDED:
             return JobResult(outcome, None)
+        if callable(inputs):  # loaded only now, so waiting jobs do not hold their pictures in memory
+            inputs = await inputs()
         try:
             finished = await self._in_pool(
                 finish,

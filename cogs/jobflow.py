@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ from bot.params import (
     request_to_json,
 )
 from bot.pipeline import Finished, JobInputs, Prepared
-from bot.providers.base import Handle, State
+from bot.providers.base import Handle, ProviderJob, State
 from bot.service import JobResult
 from bot.storage import JobRecord, OutputMeta
 from cogs import buttons, rendering
@@ -81,6 +82,8 @@ class JobFlow:
         self.bot = bot
         self._tasks: set[asyncio.Task[Any]] = set()
         self._gate: LimitGate | None = None
+        # Downloads + preparation at once: more would only hold pictures in memory while waiting for a CPU.
+        self._preparing = asyncio.Semaphore(2 * (os.cpu_count() or 1))
 
     # ----------------------------------------------------------------------------------------------- start
     async def admit(
@@ -185,7 +188,8 @@ class JobFlow:
         try:
             if not interaction.response.is_done():
                 await interaction.response.defer(thinking=True)
-            prepared = await load()
+            async with self._preparing:
+                prepared = await load()
         except UserError as exc:
             await self.bot.storage.discard_job(job_id)
             await self._refuse_after_defer(interaction, exc.message)
@@ -218,12 +222,10 @@ class JobFlow:
             for note in admission.private_notices:
                 with contextlib.suppress(discord.HTTPException):
                     await interaction.followup.send(note, ephemeral=True)
-        reply = LiveReply(self.bot, target, min_interval=self.bot.edit_interval)
+        reply = LiveReply(self.bot, target, min_interval=self.bot.edit_interval, last_edit=time.monotonic())
         if message is None:
             reply.gone = True
-        self.spawn(
-            self._run(job_id, request, prepared.inputs, context, reply, started, notices, prepared=prepared)
-        )
+        self.spawn(self._run(job_id, request, context, reply, started, notices, job=prepared.job))
 
     async def _refuse_after_defer(self, interaction: discord.Interaction, message: str) -> None:
         """The public 'thinking' reply is already there: remove it and tell only the user."""
@@ -278,16 +280,24 @@ class JobFlow:
         self,
         job_id: str,
         request: FillRequest | EditRequest,
-        inputs: JobInputs,
         context: JobContext,
         reply: LiveReply,
         started: float,
         notices: tuple[str, ...],
         *,
-        prepared: Prepared | None = None,
+        job: ProviderJob | None = None,
         handle: Handle | None = None,
     ) -> None:
+        """Run a recorded job (submit `job`, or resume `handle`); its pictures are read back from storage only
+        when the outputs are in, so hundreds of waiting jobs hold little memory."""
         storage = self.bot.storage
+
+        async def load_inputs() -> JobInputs:
+            stored = await storage.load_inputs(job_id)
+            if stored is None:
+                raise UserError("The pictures of this job are no longer stored.")
+            return JobInputs(*stored)
+
         saved_handle = handle
 
         async def on_update(update: JobUpdate) -> None:
@@ -310,9 +320,9 @@ class JobFlow:
             result = await self.bot.service.run(
                 job_id,
                 request,
-                inputs,
+                load_inputs,
                 on_update,
-                job=prepared.job if prepared is not None and handle is None else None,
+                job=job if handle is None else None,
                 handle=handle,
                 before_submit=before_submit,
                 max_total_bytes=MAX_UPLOAD_BYTES,
@@ -407,17 +417,16 @@ class JobFlow:
         if stored is None:
             await self._deliver(record.id, request, context, reply, None, ())
             return
-        inputs = JobInputs(*stored)
         handle = Handle.from_json(record.handle) if record.handle else None
         if handle is not None and handle.provider != "local":
             log.info("resuming job %s at %s", record.id, handle.provider)
-            self.spawn(self._run(record.id, request, inputs, context, reply, record.created_at, (), handle=handle))
+            self.spawn(self._run(record.id, request, context, reply, record.created_at, (), handle=handle))
             return
         if record.status == State.QUEUED.value or record.provider == "local":
             # Never sent (or local, which costs nothing): safe to submit again.
-            prepared = await self.bot.service.prepare_again(request, inputs)
+            prepared = await self.bot.service.prepare_again(request, JobInputs(*stored))
             log.info("resubmitting job %s that had not reached %s", record.id, record.provider)
-            self.spawn(self._run(record.id, request, inputs, context, reply, record.created_at, (), prepared=prepared))
+            self.spawn(self._run(record.id, request, context, reply, record.created_at, (), job=prepared.job))
             return
         message = (
             "The bot restarted while this job was being submitted, so we cannot tell whether the provider got "

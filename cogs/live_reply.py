@@ -63,12 +63,14 @@ class Edit:
 
 
 class LiveReply:
-    def __init__(self, client: discord.Client, target: ReplyTarget, *, min_interval: float = 1.5) -> None:
+    def __init__(
+        self, client: discord.Client, target: ReplyTarget, *, min_interval: float = 1.5, last_edit: float = 0.0
+    ) -> None:
         self.client = client
         self.target = target
         self.min_interval = min_interval
         self.gone = False
-        self._last = 0.0
+        self._last = last_edit  # monotonic time of the caller's own last edit of this message
         self._pending: Edit | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
@@ -83,13 +85,17 @@ class LiveReply:
             self._flusher = asyncio.create_task(self._flush_later())
 
     async def final(self, edit: Edit) -> discord.Message | None:
-        """Show the final state now (after any edit in flight), replacing pending states."""
+        """Show the final state now (after any edit in flight), replacing pending states.
+
+        The throttle is for status chatter; the one final edit goes out at once (discord.py still honours a
+        429's retry-after if Discord objects).
+        """
         self._pending = None
         if self._flusher is not None and not self._flusher.done():
             self._flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
-        return await self._send(edit, wait_for_slot=True)
+        return await self._send(edit)
 
     async def _flush_later(self) -> None:
         delay = self._last + self.min_interval - time.monotonic()
@@ -97,16 +103,12 @@ class LiveReply:
             await asyncio.sleep(delay)
         edit, self._pending = self._pending, None
         if edit is not None:
-            await self._send(edit, wait_for_slot=False)
+            await self._send(edit)
 
-    async def _send(self, edit: Edit, *, wait_for_slot: bool) -> discord.Message | None:
+    async def _send(self, edit: Edit) -> discord.Message | None:
         async with self._lock:
             if self.gone:
                 return None
-            if wait_for_slot:
-                delay = self._last + self.min_interval - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
             try:
                 return await self._edit(edit)
             except discord.NotFound as exc:

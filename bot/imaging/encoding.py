@@ -36,7 +36,9 @@ def encode(image: Image.Image, fmt: str, *, quality: int = 90) -> bytes:
     if image.mode not in ("RGB", "RGBA", "L", "LA"):
         image = image.convert("RGBA" if image.has_transparency_data else "RGB")
     if fmt == "png":
-        return _save(image, "PNG", compress_level=6)
+        # Level 1: 2.4x faster than the default 6 on a 1440x1440 result (166 vs 398 ms) for 15% more bytes,
+        # which is most of the time between the provider finishing and the user seeing the picture.
+        return _save(image, "PNG", compress_level=1)
     return _save(image, "WEBP", quality=quality, method=4)
 
 
