@@ -35,10 +35,16 @@ class JobButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"fill:
     """Shared behaviour: load the job; only its requester (or a moderator, where allowed) may press."""
 
     action = "none"
+    label = ""
+    emoji = ""
+    style = discord.ButtonStyle.secondary
     moderators_too = False
 
-    def __init__(self, job_id: str, button: discord.ui.Button[Any]) -> None:
-        super().__init__(button)
+    def __init__(self, job_id: str, *, suffix: str = "", label: str | None = None) -> None:
+        super().__init__(discord.ui.Button(
+            label=label or self.label, style=self.style, emoji=self.emoji,
+            custom_id=f"fill:{self.action}:{job_id}{suffix}",
+        ))
         self.job_id = job_id
         self.record: JobRecord | None = None
 
@@ -46,7 +52,7 @@ class JobButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"fill:
     async def from_custom_id(
         cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str]
     ) -> JobButton:
-        return cls(match["job"])  # type: ignore[call-arg]
+        return cls(match["job"])
 
     async def callback(self, interaction: discord.Interaction) -> None:
         try:
@@ -75,11 +81,10 @@ class JobButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"fill:
 
 class CancelButton(JobButton, template=r"fill:cancel:" + _ID):
     action = "cancel"
+    label = "Cancel"
+    emoji = "⏹️"
+    style = discord.ButtonStyle.secondary
     moderators_too = True
-
-    def __init__(self, job_id: str) -> None:
-        super().__init__(job_id, discord.ui.Button(label="Cancel", style=discord.ButtonStyle.secondary,
-                                                   emoji="⏹️", custom_id=f"fill:cancel:{job_id}"))
 
     async def run(self, interaction: discord.Interaction) -> None:
         if _bot(interaction).service.engine.cancel(self.job_id):
@@ -90,9 +95,9 @@ class CancelButton(JobButton, template=r"fill:cancel:" + _ID):
 
 class RerunButton(JobButton, template=r"fill:rerun:" + _ID):
     action = "rerun"
-    def __init__(self, job_id: str) -> None:
-        super().__init__(job_id, discord.ui.Button(label="Rerun", style=discord.ButtonStyle.primary, emoji="🔁",
-                                                   custom_id=f"fill:rerun:{job_id}"))
+    label = "Rerun"
+    emoji = "🔁"
+    style = discord.ButtonStyle.primary
 
     async def run(self, interaction: discord.Interaction) -> None:
         assert self.record is not None
@@ -101,9 +106,9 @@ class RerunButton(JobButton, template=r"fill:rerun:" + _ID):
 
 class InfoButton(JobButton, template=r"fill:info:" + _ID):
     action = "info"
-    def __init__(self, job_id: str) -> None:
-        super().__init__(job_id, discord.ui.Button(label="Info", style=discord.ButtonStyle.secondary, emoji="ℹ️",
-                                                   custom_id=f"fill:info:{job_id}"))
+    label = "Info"
+    emoji = "ℹ️"
+    style = discord.ButtonStyle.secondary
 
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
         self.record = await _bot(interaction).storage.get_job(self.job_id)
@@ -121,11 +126,10 @@ class InfoButton(JobButton, template=r"fill:info:" + _ID):
 
 class DeleteButton(JobButton, template=r"fill:delete:" + _ID):
     action = "delete"
+    label = "Delete"
+    emoji = "🗑️"
+    style = discord.ButtonStyle.danger
     moderators_too = True
-
-    def __init__(self, job_id: str) -> None:
-        super().__init__(job_id, discord.ui.Button(label="Delete", style=discord.ButtonStyle.danger, emoji="🗑️",
-                                                   custom_id=f"fill:delete:{job_id}"))
 
     async def run(self, interaction: discord.Interaction) -> None:
         await _bot(interaction).flow.delete_result(interaction, self.job_id)
@@ -133,9 +137,9 @@ class DeleteButton(JobButton, template=r"fill:delete:" + _ID):
 
 class ShareButton(JobButton, template=r"fill:share:" + _ID):
     action = "share"
-    def __init__(self, job_id: str) -> None:
-        super().__init__(job_id, discord.ui.Button(label="Share", style=discord.ButtonStyle.success, emoji="📣",
-                                                   custom_id=f"fill:share:{job_id}"))
+    label = "Share"
+    emoji = "📣"
+    style = discord.ButtonStyle.success
 
     async def run(self, interaction: discord.Interaction) -> None:
         assert self.record is not None
@@ -144,9 +148,10 @@ class ShareButton(JobButton, template=r"fill:share:" + _ID):
 
 class ReuseButton(JobButton, template=r"fill:reuse:" + _ID + r":(?P<index>[0-9])"):
     action = "reuse"
+    emoji = "🖌️"
+
     def __init__(self, job_id: str, index: int = 0, label: str = "Use as input") -> None:
-        super().__init__(job_id, discord.ui.Button(label=label, style=discord.ButtonStyle.secondary, emoji="🖌️",
-                                                   custom_id=f"fill:reuse:{job_id}:{index}"))
+        super().__init__(job_id, suffix=f":{index}", label=label)
         self.index = index
 
     @classmethod
