@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -12,8 +13,8 @@ from PIL import Image, ImageDraw
 
 from bot.app import FillBot, create_bot
 from bot.config import Settings, load_settings
-from bot.storage import Storage
-from tests.fakes.discord_harness import DiscordHarness
+from tests.fakes.discord_api import FakeMessage
+from tests.fakes.discord_harness import DiscordHarness, Dispatched
 
 TESTDATA = Path(__file__).resolve().parents[2].parent / "shared" / "testdata"
 
@@ -60,4 +61,35 @@ async def running(bot: FillBot, **kwargs: object) -> AsyncIterator[DiscordHarnes
         yield h
 
 
-__all__ = ["Storage", "mask_for", "photo", "running", "settings_for"]
+FINAL_MARKS = ("✅", "❌", "🛡", "⏹", "⌛")
+
+
+def decode(data: bytes) -> Image.Image:
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    return img
+
+
+def is_final(message: FakeMessage | None) -> bool:
+    return (
+        message is not None
+        and not message.loading
+        and bool(message.embeds)
+        and str(message.embeds[0].get("title", "")).startswith(FINAL_MARKS)
+    )
+
+
+async def final_reply(h: DiscordHarness, sent: Dispatched, within: float = 15) -> FakeMessage:
+    """Wait for the interaction's reply to reach a final state (success or a failure embed)."""
+    await h.wait_for(lambda: is_final(h.original(sent)), timeout=within, message="final reply")
+    message = h.original(sent)
+    assert message is not None
+    return message
+
+
+def job_id_of(message: FakeMessage) -> str:
+    for custom_id in message.custom_ids():
+        found = re.fullmatch(r"fill:\w+:([0-9a-f]{12})(?::\d)?", custom_id)
+        if found:
+            return found.group(1)
+    raise AssertionError(f"no job button on the message: {message.custom_ids()}")

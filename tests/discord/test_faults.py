@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import re
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -24,14 +23,22 @@ from bot.providers.bfl import BFLProvider
 from bot.providers.http import Downloader, RetryPolicy
 from bot.providers.local import LocalProvider
 from bot.service import MAX_OUTPUT_BYTES, FillService
-from tests.discord.conftest import mask_for, photo, running, settings_for
+from tests.discord.conftest import (
+    decode,
+    final_reply,
+    is_final,
+    job_id_of,
+    mask_for,
+    photo,
+    running,
+    settings_for,
+)
 from tests.fakes import common
 from tests.fakes.bfl_server import FakeBFL
 from tests.fakes.discord_api import FakeMessage
 from tests.fakes.discord_harness import DiscordHarness, Dispatched
 from tests.fakes.replicate_server import FakeReplicate, Fault
 
-FINAL_MARKS = ("✅", "❌", "🛡", "⏹", "⌛")
 RAW_MARKERS = (
     "<html", "<!doctype", "cloudflare", "{", "traceback", "http://", "https://", "127.0.0.1", '"detail"',
     "problem+json",
@@ -42,34 +49,8 @@ MiB = 1024 * 1024
 # ----------------------------------------------------------------------------------------------- helpers
 
 
-def decode(data: bytes) -> Image.Image:
-    img = Image.open(io.BytesIO(data))
-    img.load()
-    return img
 
 
-def is_final(message: FakeMessage | None) -> bool:
-    return (
-        message is not None
-        and not message.loading
-        and bool(message.embeds)
-        and str(message.embeds[0].get("title", "")).startswith(FINAL_MARKS)
-    )
-
-
-async def final_reply(h: DiscordHarness, sent: Dispatched, within: float = 15) -> FakeMessage:
-    await h.wait_for(lambda: is_final(h.original(sent)), timeout=within, message="final reply")
-    message = h.original(sent)
-    assert message is not None
-    return message
-
-
-def job_id_of(message: FakeMessage) -> str:
-    for custom_id in message.custom_ids():
-        found = re.fullmatch(r"fill:\w+:([0-9a-f]{12})(?::\d)?", custom_id)
-        if found:
-            return found.group(1)
-    raise AssertionError(f"no job button on the message: {message.custom_ids()}")
 
 
 def titles(h: DiscordHarness, message_id: int) -> list[str]:

@@ -5,7 +5,6 @@ an expired interaction token and a deleted reply."""
 from __future__ import annotations
 
 import base64
-import io
 import logging
 import re
 
@@ -14,7 +13,16 @@ import pytest
 from PIL import Image, ImageDraw
 
 from bot.app import FillBot
-from tests.discord.conftest import TESTDATA, mask_for, photo, running
+from tests.discord.conftest import (
+    TESTDATA,
+    decode,
+    final_reply,
+    is_final,
+    job_id_of,
+    mask_for,
+    photo,
+    running,
+)
 from tests.fakes.bfl_server import FakeBFL
 from tests.fakes.discord_api import FakeMessage
 from tests.fakes.discord_harness import MEMBER, MEMBER_PERMISSIONS, DiscordHarness, Dispatched, FakeUser
@@ -22,18 +30,12 @@ from tests.fakes.replicate_server import FakeReplicate, LogStyle
 from tests.fakes.wavespeed_server import FakeWaveSpeed
 
 OTHER = FakeUser(1004, "other", MEMBER_PERMISSIONS.value)
-FINAL_MARKS = ("✅", "❌", "🛡", "⏹", "⌛")
 WORKING_MARKS = ("⏳", "📨", "🎨")
 MASK_BOX = (160, 120, 320, 240)  # the white rectangle of mask_for(640, 480)
 
 
 # ----------------------------------------------------------------------------------------------- helpers
 
-
-def decode(data: bytes) -> Image.Image:
-    img = Image.open(io.BytesIO(data))
-    img.load()
-    return img
 
 
 def data_uri_image(uri: str) -> Image.Image:
@@ -42,29 +44,7 @@ def data_uri_image(uri: str) -> Image.Image:
     return decode(base64.b64decode(payload))
 
 
-def is_final(message: FakeMessage | None) -> bool:
-    return (
-        message is not None
-        and not message.loading
-        and bool(message.embeds)
-        and str(message.embeds[0].get("title", "")).startswith(FINAL_MARKS)
-    )
 
-
-async def final_reply(h: DiscordHarness, sent: Dispatched, within: float = 15) -> FakeMessage:
-    """Wait for the interaction's reply to reach a final state (success or a failure embed)."""
-    await h.wait_for(lambda: is_final(h.original(sent)), timeout=within, message="final reply")
-    message = h.original(sent)
-    assert message is not None
-    return message
-
-
-def job_id_of(message: FakeMessage) -> str:
-    for custom_id in message.custom_ids():
-        found = re.fullmatch(r"fill:\w+:([0-9a-f]{12})(?::\d)?", custom_id)
-        if found:
-            return found.group(1)
-    raise AssertionError(f"no job button on the message: {message.custom_ids()}")
 
 
 def field(message: FakeMessage, name: str) -> str:
