@@ -255,24 +255,17 @@ def check_limits(
                 f"try again <t:{retry}:R>.",
                 retry,
             ))
-    user_retry = _quota_retry(user_today, settings.daily_quota_per_user, now)
-    if user_retry is not None:
-        retry = math.ceil(user_retry)
-        refusals.append(LimitDecision(
-            False,
-            f"You have used your {_jobs(settings.daily_quota_per_user)} for the last 24 hours in this server: "
-            f"try again <t:{retry}:R>.",
-            retry,
-        ))
-    guild_retry = _quota_retry(guild_today, settings.daily_quota_per_guild, now)
-    if guild_retry is not None:
-        retry = math.ceil(guild_retry)
-        refusals.append(LimitDecision(
-            False,
-            f"This server has used its {_jobs(settings.daily_quota_per_guild)} for the last 24 hours: "
-            f"try again <t:{retry}:R>.",
-            retry,
-        ))
+    quotas = (
+        (user_today, settings.daily_quota_per_user,
+         f"You have used your {_jobs(settings.daily_quota_per_user)} for the last 24 hours in this server"),
+        (guild_today, settings.daily_quota_per_guild,
+         f"This server has used its {_jobs(settings.daily_quota_per_guild)} for the last 24 hours"),
+    )
+    for times, quota, used_up in quotas:
+        quota_retry = _quota_retry(times, quota, now)
+        if quota_retry is not None:
+            retry = math.ceil(quota_retry)
+            refusals.append(LimitDecision(False, f"{used_up}: try again <t:{retry}:R>.", retry))
     if not refusals:
         return ALLOWED
     return max(refusals, key=lambda d: d.retry_at or 0.0)

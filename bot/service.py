@@ -148,7 +148,12 @@ class FillService:
         if outcome.state is not State.SUCCEEDED:
             return JobResult(outcome, None)
         if callable(inputs):  # loaded only now, so waiting jobs do not hold their pictures in memory
-            inputs = await inputs()
+            try:
+                inputs = await inputs()
+            except UserError as exc:
+                missing = Outcome(job_id, State.FAILED, message=exc.message, handle=outcome.handle,
+                                  elapsed=outcome.elapsed)
+                return JobResult(missing, None)
         try:
             finished = await self._in_pool(
                 finish,

@@ -19,14 +19,13 @@ import pytest
 from PIL import Image
 
 from bot.app import FillBot
-from tests.discord.conftest import mask_for, photo, running
+from tests.discord.conftest import is_final, mask_for, photo, running
 from tests.fakes.bfl_server import FakeBFL
 from tests.fakes.discord_api import FakeMessage
 from tests.fakes.discord_harness import MEMBER, DiscordHarness, Dispatched
 from tests.fakes.replicate_server import FakeReplicate
 
 MiB = 1024 * 1024
-FINAL_MARKS = ("✅", "❌", "🛡", "⏹", "⌛")
 Attachment = tuple[str, bytes, str]
 
 
@@ -120,13 +119,8 @@ def deferred_then_removed(h: DiscordHarness, sent: Dispatched) -> bool:
     return deferred and deleted and original is not None and original.deleted
 
 
-def final(message: FakeMessage | None) -> bool:
-    return (message is not None and not message.loading and bool(message.embeds)
-            and str(message.embeds[0].get("title", "")).startswith(FINAL_MARKS))
-
-
 async def delivered(h: DiscordHarness, sent: Dispatched) -> FakeMessage:
-    await h.wait_for(lambda: final(h.original(sent)), timeout=15, message="final reply")
+    await h.wait_for(lambda: is_final(h.original(sent)), timeout=15, message="final reply")
     message = h.original(sent)
     assert message is not None and message.embeds[0]["title"].startswith("✅"), message and message.text
     return message
