@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 ROOT = Path(__file__).resolve().parents[1]
-TESTDATA = ROOT.parent / "shared" / "testdata"
+TESTDATA = ROOT / "tests" / "data"
 RESULTS = ROOT / "bench" / "results"
 MiB = 1024 * 1024
 

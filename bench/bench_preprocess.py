@@ -4,7 +4,7 @@ Run: .venv/bin/python bench/bench_preprocess.py [--runs 15]
 
 A job here is what happens between "attachments downloaded" and "request sent": load_image, build_mask,
 soften, resize_for (target_size + resize), encode_for_provider, encode_mask and mask_preview. Inputs are
-generated from the shared test photos (upscaled, with sensor-like noise so they compress like photos).
+generated from the test photos in tests/data (upscaled, with sensor-like noise so they compress like photos).
 Memory is measured in a fresh child process per case: Pillow allocates outside Python's allocator, so
 the RSS high-water mark (ru_maxrss) is the real figure; tracemalloc only sees NumPy/Python objects.
 """
@@ -49,7 +49,7 @@ from bot.imaging import (  # noqa: E402
     soften,
 )
 
-TESTDATA = ROOT.parent / "shared" / "testdata"
+TESTDATA = ROOT / "tests" / "data"
 LIMITS = Limits(max_bytes=25 * 1024 * 1024, max_pixels=40_000_000)
 GROW, FEATHER = 8, 4
 

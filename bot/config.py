@@ -95,7 +95,7 @@ _DEFAULT_URLS = {
 }
 _KEY_VARS = {"replicate": "REPLICATE_API_TOKEN", "bfl": "BFL_API_KEY", "wavespeed": "WAVESPEED_API_KEY"}
 _URL_VARS = {"replicate": "REPLICATE_BASE_URL", "bfl": "BFL_BASE_URL", "wavespeed": "WAVESPEED_BASE_URL"}
-# BFL allows 24 active tasks per account; WaveSpeed's entry tier allows 2 (providers.md §3, §4).
+# BFL allows 24 active tasks per account; WaveSpeed's entry tier allows 2 (docs/providers.md §3, §4).
 _DEFAULT_CONCURRENCY = {"replicate": 8, "bfl": 24, "wavespeed": 2, "local": 1}
 _CONCURRENCY_VARS = {
     "replicate": "REPLICATE_MAX_CONCURRENCY",

@@ -1,6 +1,6 @@
 """Put a provider's result back into the user's picture at full resolution.
 
-Providers return other sizes (providers.md §5 item 10) and re-encode every pixel, so only the fill area
+Providers return other sizes (docs/providers.md §5 item 10) and re-encode every pixel, so only the fill area
 is taken from the result; everything else stays the user's own pixels.
 """
 

@@ -1,6 +1,6 @@
 """What size each provider wants the picture in, as data, and what size Replicate sends back.
 
-Sources: /work/shared/providers.md §1 "Output size" (cog-flux `size_maybe_match_input`), §4 (WaveSpeed
+Sources: docs/providers.md §1 "Output size" (cog-flux `size_maybe_match_input`), §4 (WaveSpeed
 `size` 256–1536 per side) and §5 items 9–10 (masks must match the image; output sizes change).
 """
 

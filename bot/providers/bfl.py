@@ -1,4 +1,4 @@
-"""Black Forest Labs' own API: FLUX.1 Fill [pro] and FLUX.1 Kontext [pro] (providers.md §3).
+"""Black Forest Labs' own API: FLUX.1 Fill [pro] and FLUX.1 Kontext [pro] (docs/providers.md §3).
 
 BFL answers a submit with a `polling_url` on a *different* host than the one we posted to (api.bfl.ai hands out
 api.us1.bfl.ai and the like), so the key may follow that URL only while it stays on BFL's own https hosts.

@@ -1,6 +1,6 @@
 """Shared HTTP transport for every HTTP provider: retries, error mapping, credential scoping, downloads.
 
-Two rules drive the design (providers.md §5): credentials are attached per request and only for the provider's
+Two rules drive the design (docs/providers.md §5): credentials are attached per request and only for the provider's
 own hosts, and a create POST is never retried once it may have reached the provider (the job may exist and
 bill). Output files are fetched by a separate client that holds no credentials at all.
 """

@@ -1,4 +1,4 @@
-"""Replicate's prediction API (providers.md §1), official or through an aggregator serving it elsewhere (§2).
+"""Replicate's prediction API (docs/providers.md §1), official or through an aggregator serving it elsewhere (§2).
 
 Every request is built from the configured base URL: the `urls.get`/`urls.cancel` links in a prediction point at
 api.replicate.com even behind an aggregator, where following them would hand the aggregator's token to Replicate.

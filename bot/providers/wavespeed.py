@@ -1,4 +1,4 @@
-"""WaveSpeedAI v3: FLUX.1 Fill [dev] (`wavespeed-ai/flux-fill-dev`, providers.md §4).
+"""WaveSpeedAI v3: FLUX.1 Fill [dev] (`wavespeed-ai/flux-fill-dev`, docs/providers.md §4).
 
 Every answer is a `{code, message, data}` envelope, and `code` can report an error inside an HTTP 200, so both
 layers are checked. Results are polled at `{base}/predictions/{id}/result`, built from the configured base and
@@ -47,7 +47,7 @@ _MSG_NOT_FOUND = "The provider no longer knows this job (it expired or never exi
 
 
 def _b64(data: bytes) -> str:
-    """Raw base64 without a `data:` prefix, the form third-party integrations send (providers.md §4)."""
+    """Raw base64 without a `data:` prefix, the form third-party integrations send (docs/providers.md §4)."""
     return base64.b64encode(data).decode("ascii")
 
 

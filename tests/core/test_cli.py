@@ -15,7 +15,7 @@ from PIL import Image
 from bot.cli import main
 from tests.fakes.replicate_server import FakeReplicate
 
-TESTDATA = Path(__file__).resolve().parents[2].parent / "shared" / "testdata"
+TESTDATA = Path(__file__).resolve().parents[1] / "data"
 COFFEE = TESTDATA / "photo_coffee_1024x768.jpg"
 COFFEE_MASK = TESTDATA / "mask_coffee_1024x768_ellipse.png"
 

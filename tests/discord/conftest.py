@@ -16,7 +16,7 @@ from bot.config import Settings, load_settings
 from tests.fakes.discord_api import FakeMessage
 from tests.fakes.discord_harness import DiscordHarness, Dispatched
 
-TESTDATA = Path(__file__).resolve().parents[2].parent / "shared" / "testdata"
+TESTDATA = Path(__file__).resolve().parents[1] / "data"
 
 
 def photo(width: int = 640, height: int = 480) -> bytes:

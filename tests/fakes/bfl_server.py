@@ -1,4 +1,4 @@
-"""A fake Black Forest Labs API (providers.md §3) on three real local HTTP servers.
+"""A fake Black Forest Labs API (docs/providers.md §3) on three real local HTTP servers.
 
 Like the real service, submit (`api`, e.g. api.bfl.ai) hands back a `polling_url` on another host (`poll`, e.g.
 api.us1.bfl.ai) and finished jobs point at a third, credential-free host (`delivery`, e.g. delivery-eu1.bfl.ai).

@@ -1,4 +1,4 @@
-"""A fake WaveSpeedAI v3 API (providers.md §4) for wavespeed-ai/flux-fill-dev, on two real local HTTP servers.
+"""A fake WaveSpeedAI v3 API (docs/providers.md §4) for wavespeed-ai/flux-fill-dev, on two real local HTTP servers.
 
 `api` takes submits and result polls (always `{code, message, data}` envelopes); `delivery` serves output files
 and must never see the key. Jobs go created → processing → completed/failed over `duration` seconds.

@@ -1,4 +1,4 @@
-"""Fixtures for the imaging tests: the shared test photos (real pictures) and default limits."""
+"""Fixtures for the imaging tests: the test photos in tests/data (real pictures) and default limits."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ from PIL import Image
 
 from bot.imaging import Limits
 
-TESTDATA = Path(__file__).resolve().parents[2].parent / "shared" / "testdata"
+TESTDATA = Path(__file__).resolve().parents[1] / "data"
 
 
 @pytest.fixture(scope="session")
 def testdata() -> Path:
-    assert TESTDATA.is_dir(), f"shared test data missing at {TESTDATA}"
+    assert TESTDATA.is_dir(), f"test pictures missing at {TESTDATA}"
     return TESTDATA
 
 
