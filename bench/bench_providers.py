@@ -42,9 +42,10 @@ from replicate.helpers import FileOutput  # noqa: E402
 
 from bot.config import load_settings  # noqa: E402
 from bot.jobs import JobUpdate  # noqa: E402
+from bot.lifecycle.states import State  # noqa: E402
 from bot.params import FillRequest, MaskOptions  # noqa: E402
 from bot.pipeline import Prepared  # noqa: E402
-from bot.providers.base import Output, State  # noqa: E402
+from bot.providers.base import Output  # noqa: E402
 from bot.providers.replicate import ReplicateProvider  # noqa: E402
 from bot.service import FillService  # noqa: E402
 

@@ -17,8 +17,8 @@ from bot import __version__
 from bot.config import PROVIDER_NAMES, Settings, load_settings
 from bot.errors import ConfigError, UserError
 from bot.jobs import JobUpdate
+from bot.lifecycle.states import State
 from bot.params import SPECS, Delivery, EditRequest, Field, FillRequest, MaskOptions, Value
-from bot.providers.base import State
 
 log = logging.getLogger(__name__)
 

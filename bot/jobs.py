@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from bot.errors import ProviderError
-from bot.providers.base import Handle, Provider, ProviderJob, State, Status
+from bot.lifecycle.states import State
+from bot.providers.base import Handle, Provider, ProviderJob, Status
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,8 @@
 
 Each model's spec is data: option names, provider field names, types, ranges, defaults and enums. The same
 table drives validation (errors name the value, the option and the allowed range; nothing is clamped),
-help text, defaults and the provider field mapping. Ranges come from docs/providers.md (the research notes on each provider API).
+help text, defaults and the provider field mapping. Ranges come from docs/providers.md (research notes on
+each provider's API).
 """
 
 from __future__ import annotations

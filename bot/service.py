@@ -24,9 +24,10 @@ from bot.config import Settings
 from bot.errors import UserError
 from bot.imaging import Limits
 from bot.jobs import JobEngine, Outcome, UpdateCallback
+from bot.lifecycle.states import State
 from bot.params import EditRequest, FillRequest, MaskOptions
 from bot.pipeline import Finished, JobInputs, Prepared, finish, prepare_edit, prepare_fill
-from bot.providers.base import Handle, Provider, ProviderJob, State
+from bot.providers.base import Handle, Provider, ProviderJob
 from bot.providers.bfl import BFLProvider
 from bot.providers.http import Downloader
 from bot.providers.local import LocalProvider

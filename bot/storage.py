@@ -38,8 +38,8 @@ from bot.guild_settings import (
     settings_from_stored,
     term_key,
 )
+from bot.lifecycle.states import State
 from bot.params import Operation
-from bot.providers.base import State
 
 log = logging.getLogger(__name__)
 

@@ -27,6 +27,7 @@ import discord
 from bot.errors import UserError
 from bot.guild_settings import AuditEntry, GuildSettings, channel_allowed, effective_safety, usable_providers
 from bot.jobs import JobUpdate
+from bot.lifecycle.states import State
 from bot.moderation import LimitGate, guild_filter
 from bot.params import (
     SPECS,
@@ -39,7 +40,7 @@ from bot.params import (
     request_to_json,
 )
 from bot.pipeline import Finished, JobInputs, Prepared
-from bot.providers.base import Handle, ProviderJob, State
+from bot.providers.base import Handle, ProviderJob
 from bot.service import JobResult
 from bot.storage import JobRecord, OutputMeta
 from cogs import buttons, rendering

@@ -8,8 +8,8 @@ from collections.abc import Mapping
 import discord
 
 from bot.jobs import JobUpdate
+from bot.lifecycle.states import State
 from bot.params import EditRequest, FillRequest, Value
-from bot.providers.base import State
 
 # Discord's embed limits (https://discord.com/developers/docs/resources/message#embed-object-embed-limits).
 TITLE_MAX = 256

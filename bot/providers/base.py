@@ -10,8 +10,8 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
 
+from bot.lifecycle.states import State
 from bot.params import ModelSpec, Value
 
 
@@ -50,22 +50,6 @@ class Handle:
     def from_json(cls, text: str) -> Handle:
         data = json.loads(text)
         return cls(provider=str(data["provider"]), job_id=str(data["job_id"]), poll_url=data.get("poll_url"))
-
-
-class State(StrEnum):
-    QUEUED = "queued"  # waiting in our own queue for a provider slot
-    STARTING = "starting"  # accepted by the provider, not running yet
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    MODERATED = "moderated"
-    CANCELED = "canceled"
-    EXPIRED = "expired"  # finished, but its outputs are gone (retention ran out)
-    TIMED_OUT = "timed_out"
-
-    @property
-    def terminal(self) -> bool:
-        return self not in (State.QUEUED, State.STARTING, State.RUNNING)
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,9 @@ import httpx
 
 from bot.config import ProviderSettings
 from bot.errors import ConfigError, ProviderError
+from bot.lifecycle.states import State
 from bot.params import BFL_FILL, BFL_KONTEXT, Value
-from bot.providers.base import Handle, Output, Provider, ProviderJob, State, Status
+from bot.providers.base import Handle, Output, Provider, ProviderJob, Status
 from bot.providers.http import Downloader, ProviderHTTP, RetryPolicy
 
 log = logging.getLogger(__name__)

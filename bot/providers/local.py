@@ -17,7 +17,8 @@ import numpy as np
 from PIL import Image
 
 from bot.errors import ProviderError
-from bot.providers.base import Handle, Output, Provider, ProviderJob, State, Status
+from bot.lifecycle.states import State
+from bot.providers.base import Handle, Output, Provider, ProviderJob, Status
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,8 @@ import httpx
 
 from bot.config import ProviderSettings
 from bot.errors import ConfigError, ProviderError
-from bot.providers.base import Handle, InputImage, Output, Provider, ProviderJob, State, Status
+from bot.lifecycle.states import State
+from bot.providers.base import Handle, InputImage, Output, Provider, ProviderJob, Status
 from bot.providers.http import Downloader, ProviderHTTP, RetryPolicy, clean_text
 
 log = logging.getLogger(__name__)

@@ -18,8 +18,9 @@ import httpx
 
 from bot.config import ProviderSettings
 from bot.errors import ConfigError, ProviderError
+from bot.lifecycle.states import State
 from bot.params import WAVESPEED_FILL, Value
-from bot.providers.base import Handle, Output, Provider, ProviderJob, State, Status
+from bot.providers.base import Handle, Output, Provider, ProviderJob, Status
 from bot.providers.http import Downloader, ProviderHTTP, RetryPolicy, error_for_response
 
 log = logging.getLogger(__name__)

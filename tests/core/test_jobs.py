@@ -10,8 +10,9 @@ import pytest
 from PIL import Image
 
 from bot.jobs import JobEngine, JobUpdate
+from bot.lifecycle.states import State
 from bot.params import FillRequest
-from bot.providers.base import InputImage, ProviderJob, State
+from bot.providers.base import InputImage, ProviderJob
 from bot.providers.http import Downloader, RetryPolicy
 from bot.providers.replicate import ReplicateProvider
 from tests.fakes.replicate_server import FakeReplicate, Fault

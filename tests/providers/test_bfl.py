@@ -15,8 +15,9 @@ from PIL import Image
 
 from bot.config import ProviderSettings
 from bot.errors import ConfigError, ProviderError
+from bot.lifecycle.states import State
 from bot.params import BFL_FILL, BFL_KONTEXT, Value
-from bot.providers.base import Handle, InputImage, ProviderJob, State, Status
+from bot.providers.base import Handle, InputImage, ProviderJob, Status
 from bot.providers.bfl import BFLProvider, _progress, trusted_hosts
 from bot.providers.http import Downloader, RetryPolicy
 from tests.fakes.bfl_server import FakeBFL

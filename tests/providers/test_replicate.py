@@ -14,9 +14,10 @@ from PIL import Image
 
 from bot.config import ProviderSettings, Secret
 from bot.errors import ConfigError, ProviderError
+from bot.lifecycle.states import State
 from bot.params import REPLICATE_FILL, REPLICATE_KONTEXT, ModelSpec, Value
 from bot.providers import replicate
-from bot.providers.base import Handle, InputImage, Output, ProviderJob, State, Status
+from bot.providers.base import Handle, InputImage, Output, ProviderJob, Status
 from bot.providers.http import Downloader, RetryPolicy
 from bot.providers.replicate import ReplicateProvider, output_refs, parse_progress
 from tests.fakes.replicate_server import FILL_DEV, KONTEXT_DEV, FakeReplicate, Fault, fill_dev_size

@@ -14,8 +14,9 @@ from PIL import Image
 
 from bot.config import ProviderSettings
 from bot.errors import ConfigError, ProviderError
+from bot.lifecycle.states import State
 from bot.params import WAVESPEED_FILL, Value
-from bot.providers.base import Handle, InputImage, ProviderJob, State, Status
+from bot.providers.base import Handle, InputImage, ProviderJob, Status
 from bot.providers.http import Downloader, RetryPolicy
 from bot.providers.wavespeed import WaveSpeedProvider
 from tests.fakes.common import Fault, inverted_png, make_mask, make_png
