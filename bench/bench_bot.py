@@ -189,10 +189,12 @@ class BotRig:
         handlers = [t for sent in wave.sent for t in sent.tasks]
         if handlers:
             await asyncio.wait(handlers, timeout=max(1.0, deadline - time.monotonic()))
-        while self.bot.flow._tasks and time.monotonic() < deadline:
-            await asyncio.wait(set(self.bot.flow._tasks), timeout=max(0.1, deadline - time.monotonic()))
-        if self.bot.flow._tasks:
-            raise TimeoutError(f"{len(self.bot.flow._tasks)} jobs still running after {limit:.0f} s")
+        runner = self.bot.lifecycle.runner
+        try:
+            async with asyncio.timeout(max(0.1, deadline - time.monotonic())), runner.finished:
+                await runner.finished.wait_for(lambda: not runner.live)
+        except TimeoutError:
+            raise TimeoutError(f"{len(runner.live)} jobs still running after {limit:.0f} s") from None
 
     def results(self, wave: Wave, duration: float) -> dict[str, Any]:
         """Per-job figures from the fakes' logs (read after the wave, outside any measurement)."""

@@ -41,13 +41,19 @@ from replicate.client import Client  # noqa: E402
 from replicate.helpers import FileOutput  # noqa: E402
 
 from bot.config import load_settings  # noqa: E402
-from bot.jobs import JobUpdate  # noqa: E402
+from bot.lifecycle.jobs import Lifecycle  # noqa: E402
+from bot.lifecycle.sink import Ending, Progress, Receipt  # noqa: E402
 from bot.lifecycle.states import State  # noqa: E402
-from bot.params import FillRequest, MaskOptions  # noqa: E402
+from bot.params import (  # noqa: E402
+    FillRequest,
+    MaskOptions,
+    request_to_json,
+)
 from bot.pipeline import Prepared  # noqa: E402
 from bot.providers.base import Output  # noqa: E402
 from bot.providers.replicate import ReplicateProvider  # noqa: E402
 from bot.service import FillService  # noqa: E402
+from bot.storage import JobRecord, Storage  # noqa: E402
 
 MODEL = "black-forest-labs/flux-fill-dev"
 CLIENTS = ("ours", "official create+wait", "official run")
@@ -56,14 +62,30 @@ TARGET_REQUESTS_10S = 5
 TARGET_READY_MS = 300.0
 
 
-async def _ignore(_: JobUpdate) -> None:
-    return None
+class _Sink:
+    """Takes the ending as the command line does, noting when it arrived."""
+
+    max_total_bytes = None
+
+    def __init__(self) -> None:
+        self.ending: Ending | None = None
+        self.at = 0.0
+
+    def show(self, progress: Progress) -> None:
+        return None
+
+    async def deliver(self, ending: Ending) -> Receipt:
+        self.ending, self.at = ending, time.monotonic()
+        return Receipt(True)
 
 
 class Bench:
-    def __init__(self, fake: FakeProcess, service: FillService, prepared: Prepared, request: FillRequest) -> None:
+    def __init__(
+        self, fake: FakeProcess, service: FillService, lifecycle: Lifecycle, prepared: Prepared, request: FillRequest
+    ) -> None:
         self.fake = fake
         self.service = service
+        self.lifecycle = lifecycle
         self.prepared = prepared
         self.request = request
         provider = service.providers["replicate"]
@@ -82,12 +104,18 @@ class Bench:
 
     async def ours(self) -> dict[str, float]:
         start = time.monotonic()
-        job_id = self.service.new_job_id()
-        result = await self.service.run(job_id, self.request, self.prepared.inputs, _ignore, job=self.prepared.job)
-        end = time.monotonic()
-        if result.outcome.state is not State.SUCCEEDED or result.finished is None:
-            raise RuntimeError(f"our job ended {result.outcome.state}: {result.outcome.message}")
-        return {"start": start, "ready": self._downloaded, "finished": end}
+        record = await self.lifecycle.record(JobRecord(
+            id=self.service.new_job_id(), kind="fill", front="cli", user_id=0, guild_id=None, channel_id=0,
+            provider="replicate", model=self.request.spec.model, request=request_to_json(self.request),
+            prompt=self.request.prompt, application_id=0,
+        ))
+        sink = _Sink()
+        await self.lifecycle.queue(record, self.prepared, sink)
+        await self.lifecycle.wait(record.id)
+        if sink.ending is None or sink.ending.state is not State.SUCCEEDED or sink.ending.finished is None:
+            state = sink.ending.state if sink.ending else "undelivered"
+            raise RuntimeError(f"our job ended {state}: {sink.ending.message if sink.ending else ''}")
+        return {"start": start, "ready": self._downloaded, "finished": sink.at}
 
     async def official_wait(self) -> dict[str, float]:
         start = time.monotonic()
@@ -147,10 +175,11 @@ async def measure(durations: list[float], reps: int) -> dict[str, Any]:
                 "DATABASE_PATH": str(Path(tmp) / "bench.db"),
             }
         )
-        async with FillService(settings) as service:
+        async with FillService(settings) as service, await Storage.open(settings.database_path) as storage:
+            lifecycle = Lifecycle(settings, storage, service)
             request = FillRequest.build("replicate", "a bench of flowers", {}, mask=MaskOptions())
             prepared = await service.prepare_fill(picture, None, request)
-            bench = Bench(fake, service, prepared, request)
+            bench = Bench(fake, service, lifecycle, prepared, request)
             try:
                 fake.call("configure", duration=0.3)
                 for client in CLIENTS:  # warm-up: connections, imports, first-call costs

@@ -1,8 +1,9 @@
 """The Discord bot: `create_bot(settings)` builds it with its dependencies, without connecting.
 
-Extensions in `cogs/` are loaded in `setup_hook`, result buttons are registered as dynamic items, and jobs
-that were running when the bot stopped are resumed. Commands are synced on purpose (`fillbot sync`), never
-on every start.
+The bot holds the core (settings, the picture service, storage and the job lifecycle); everything Discord-facing
+lives in the `cogs/` extensions loaded by name in `setup_hook` (this module imports none of them). A serving bot
+takes over the jobs nobody runs, including its own from before a restart. Commands are synced on purpose
+(`fillbot sync`), never on every start.
 """
 
 from __future__ import annotations
@@ -12,31 +13,18 @@ import contextlib
 import logging
 
 import discord
-from discord import app_commands
 from discord.ext import commands, tasks
 
 from bot.config import Settings
-from bot.errors import UserError
 from bot.guild_settings import AuditEntry
+from bot.lifecycle.jobs import Lifecycle
 from bot.service import FillService
 from bot.storage import Storage
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("cogs.fill", "cogs.settings", "cogs.history")
-
-
-class FillTree(app_commands.CommandTree["FillBot"]):
-    """Every command error goes through `cogs.errors.report`."""
-
-    async def on_error(self, interaction: discord.Interaction[FillBot], error: app_commands.AppCommandError) -> None:
-        from cogs.errors import report
-
-        original = error.original if isinstance(error, app_commands.CommandInvokeError) else error
-        if isinstance(original, app_commands.CheckFailure | app_commands.TransformerError):
-            original = UserError(str(original) or "You cannot use this command here.")
-        command = interaction.command.qualified_name if interaction.command else "?"
-        await report(interaction, original, f"command /{command}")
+# Order matters: the error handler first, then the job flow the command cogs start jobs through.
+EXTENSIONS = ("cogs.errors", "cogs.jobflow", "cogs.buttons", "cogs.fill", "cogs.settings", "cogs.history")
 
 
 class FillBot(commands.Bot):
@@ -52,17 +40,13 @@ class FillBot(commands.Bot):
         # No message content or member intents: everything arrives as interactions.
         intents = discord.Intents.none()
         intents.guilds = True
-        super().__init__(
-            command_prefix=commands.when_mentioned, intents=intents, help_command=None, tree_cls=FillTree
-        )
+        super().__init__(command_prefix=commands.when_mentioned, intents=intents, help_command=None)
         self.settings = settings
         self.service = service or FillService(settings)
         self._storage = storage
+        self._lifecycle: Lifecycle | None = None
         self.edit_interval = edit_interval
         self.recover = recover
-        from cogs.jobflow import JobFlow  # cogs import bot.app for typing only
-
-        self.flow = JobFlow(self)
 
     @property
     def storage(self) -> Storage:
@@ -70,17 +54,20 @@ class FillBot(commands.Bot):
             raise RuntimeError("storage is opened in setup_hook")
         return self._storage
 
+    @property
+    def lifecycle(self) -> Lifecycle:
+        if self._lifecycle is None:
+            raise RuntimeError("the lifecycle starts in setup_hook")
+        return self._lifecycle
+
     async def setup_hook(self) -> None:
         if self._storage is None:
             self._storage = await Storage.open(self.settings.database_path)
-        from cogs.buttons import DYNAMIC_ITEMS
-
+        self._lifecycle = Lifecycle(self.settings, self._storage, self.service)
         for extension in EXTENSIONS:
             await self.load_extension(extension)
-        self.add_dynamic_items(*DYNAMIC_ITEMS)
         if self.recover:  # background work only for a serving bot, not for `fillbot sync`
             self.purge_history.start()
-            await self.flow.resume_all()
 
     @tasks.loop(hours=6)
     async def purge_history(self) -> None:
@@ -118,7 +105,8 @@ class FillBot(commands.Bot):
         if purge is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await purge
-        await self.flow.aclose()
+        if self._lifecycle is not None:
+            await self._lifecycle.aclose()
         await self.service.aclose()
         if self._storage is not None:
             await self._storage.close()

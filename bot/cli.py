@@ -12,13 +12,19 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bot import __version__
 from bot.config import PROVIDER_NAMES, Settings, load_settings
 from bot.errors import ConfigError, UserError
-from bot.jobs import JobUpdate
+from bot.lifecycle.sink import Ending, Progress, Receipt
 from bot.lifecycle.states import State
-from bot.params import SPECS, Delivery, EditRequest, Field, FillRequest, MaskOptions, Value
+from bot.params import SPECS, Delivery, EditRequest, Field, FillRequest, MaskOptions, Value, request_to_json
+from bot.storage import JobRecord, OutputMeta
+
+if TYPE_CHECKING:
+    from bot.lifecycle.jobs import Lifecycle
+    from bot.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("image", type=Path)
     _add_common(edit)
     _add_model_options(edit, "edit")
+
+    resume = sub.add_parser("resume", help="finish an interrupted fill/edit job without sending it again")
+    resume.add_argument("job", help="the job id printed when it started")
+    resume.add_argument("-o", "--out", type=Path, default=Path("out"), help="directory for the results")
     return parser
 
 
@@ -105,6 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from bot.app import sync_commands
 
             return asyncio.run(sync_commands(settings, guild_id=args.guild))
+        if args.command == "resume":
+            return asyncio.run(_resume_job(settings, args))
         return asyncio.run(_run_job(settings, args))
     except ConfigError as exc:
         print(f"fillbot: configuration error: {exc}", file=sys.stderr)
@@ -128,13 +140,15 @@ def _read(path: Path, what: str) -> bytes:
 
 
 async def _run_job(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.lifecycle.jobs import Lifecycle
     from bot.service import FillService
+    from bot.storage import Storage
 
     provider = args.provider or settings.default_provider
     delivery = Delivery(args.output_format, args.quality, composite=not getattr(args, "no_composite", True))
     image = _read(args.image, "image")
     request: FillRequest | EditRequest
-    async with FillService(settings) as service:
+    async with FillService(settings) as service, await Storage.open(settings.database_path) as storage:
         if args.command == "fill":
             mask_options = MaskOptions(args.region, args.invert_mask, args.grow, args.feather)
             request = FillRequest.build(provider, args.prompt, _options(args), mask=mask_options, delivery=delivery)
@@ -145,32 +159,108 @@ async def _run_job(settings: Settings, args: argparse.Namespace) -> int:
             prepared = await service.prepare_edit(image, request)
         for notice in prepared.notices:
             print(f"note: {notice}", file=sys.stderr)
-        job_id = service.new_job_id()
-        print(f"job {job_id}: {request.spec.label}, seed {request.params.get('seed', '-')}", file=sys.stderr)
-        result = await service.run(job_id, request, prepared.inputs, _print_update, job=prepared.job)
-        if result.finished is None:
-            print(f"fillbot: {result.outcome.state}: {result.outcome.message}", file=sys.stderr)
-            return 1
-        args.out.mkdir(parents=True, exist_ok=True)
-        for notice in result.finished.notices:
+        await _mention_interrupted(storage)
+        lifecycle = Lifecycle(settings, storage, service)
+        record = await lifecycle.record(_record(service.new_job_id(), request))
+        print(f"job {record.id}: {request.spec.label}, seed {request.params.get('seed', '-')} (a new job)",
+              file=sys.stderr)
+        sink = FileSink(args.out)
+        await lifecycle.queue(record, prepared, sink)
+        return await _follow(lifecycle, record.id, sink)
+
+
+async def _resume_job(settings: Settings, args: argparse.Namespace) -> int:
+    """Carry on with an interrupted `fill`/`edit` from where it stopped: never sent twice."""
+    from bot.lifecycle.jobs import Lifecycle
+    from bot.service import FillService
+    from bot.storage import Storage
+
+    async with FillService(settings) as service, await Storage.open(settings.database_path) as storage:
+        record = await storage.get_job(args.job)
+        if record is None or record.front != "cli":
+            raise UserError(f"There is no command-line job `{args.job}` in {settings.database_path}.")
+        if record.delivered_at is not None:
+            raise UserError(f"Job `{record.id}` is already finished ({record.status}).")
+        lifecycle = Lifecycle(settings, storage, service)
+        sink = FileSink(args.out)
+        if not await lifecycle.resume(record.id, sink):
+            raise UserError(f"Job `{record.id}` is being run by another process right now.")
+        print(f"job {record.id}: resuming ({record.status})", file=sys.stderr)
+        return await _follow(lifecycle, record.id, sink)
+
+
+async def _follow(lifecycle: Lifecycle, job_id: str, sink: FileSink) -> int:
+    """Wait for the job; on Ctrl-C, hand it back and say how to pick it up again."""
+    try:
+        await lifecycle.wait(job_id)
+    except asyncio.CancelledError:
+        live = lifecycle.runner.live.get(job_id)
+        state = live.state if live is not None else None
+        await lifecycle.aclose()
+        if state is not None and state.may_be_at_provider:
+            print(f"\ninterrupted: job {job_id} may still be running at the provider. "
+                  f"`fillbot resume {job_id}` picks it up without sending it again.", file=sys.stderr)
+        else:
+            print(f"\ninterrupted: job {job_id} was not sent to the provider; nothing was charged. "
+                  f"`fillbot resume {job_id}` sends it.", file=sys.stderr)
+        raise
+    await lifecycle.aclose()
+    return sink.exit_code
+
+
+async def _mention_interrupted(storage: Storage) -> None:
+    for record in await storage.claimable_jobs("cli", limit=5):
+        print(f"note: job {record.id} ({record.status}) was interrupted earlier; `fillbot resume {record.id}` "
+              "finishes it without paying again.", file=sys.stderr)
+
+
+def _record(job_id: str, request: FillRequest | EditRequest) -> JobRecord:
+    seed = request.params.get("seed")
+    return JobRecord(
+        id=job_id, kind=request.spec.operation, front="cli", user_id=0, guild_id=None, channel_id=0,
+        provider=request.spec.provider, model=request.spec.model, request=request_to_json(request),
+        prompt=request.prompt, application_id=0, seed=int(seed) if isinstance(seed, int) else None,
+    )
+
+
+class FileSink:
+    """The command line's front end: progress on stderr, results written to a directory."""
+
+    max_total_bytes = None
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.exit_code = 1
+
+    def show(self, progress: Progress) -> None:
+        detail = ""
+        if progress.state is State.QUEUED and progress.position is not None:
+            detail = f" (position {progress.position})"
+        elif progress.progress is not None:
+            detail = f" {progress.progress:.0%}"
+        print(f"[{progress.elapsed:6.1f}s] {progress.state}{detail}", file=sys.stderr)
+
+    async def deliver(self, ending: Ending) -> Receipt:
+        if ending.finished is None:
+            print(f"fillbot: {ending.state}: {ending.message}", file=sys.stderr)
+            return Receipt(True)
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            written = []
+            for picture in ending.finished.images:
+                target = self.out / picture.filename
+                target.write_bytes(picture.data)
+                written.append((target, picture))
+        except OSError as exc:
+            print(f"fillbot: cannot write the results to {str(self.out)!r}: {exc.strerror}. They are kept: "
+                  f"`fillbot resume {ending.job_id} -o OTHER_DIR` writes them elsewhere.", file=sys.stderr)
+            return Receipt(False)
+        for notice in ending.notices + ending.finished.notices:
             print(f"note: {notice}", file=sys.stderr)
-        if result.outcome.message:
-            print(f"note: {result.outcome.message}", file=sys.stderr)
-        for picture in result.finished.images:
-            target = args.out / picture.filename
-            target.write_bytes(picture.data)
+        for target, picture in written:
             flag = " (flagged by the provider)" if picture.flagged else ""
             print(f"{target} {picture.size[0]}x{picture.size[1]}{flag}")
-        print(f"done in {result.outcome.elapsed:.1f}s", file=sys.stderr)
-        return 0
-
-
-async def _print_update(update: JobUpdate) -> None:
-    detail = ""
-    if update.state is State.QUEUED and update.position is not None:
-        detail = f" (position {update.position})"
-    elif update.progress is not None:
-        detail = f" {update.progress:.0%}"
-    if update.message:
-        detail += f": {update.message}"
-    print(f"[{update.elapsed:6.1f}s] {update.state}{detail}", file=sys.stderr)
+        print(f"done in {ending.elapsed:.1f}s", file=sys.stderr)
+        self.exit_code = 0
+        outputs = tuple(OutputMeta(t.name, p.size[0], p.size[1], p.flagged, len(p.data)) for t, p in written)
+        return Receipt(True, outputs=outputs)

@@ -68,6 +68,7 @@ class Settings:
     history_days: int
     log_level: str
     dev_guild_id: int | None = None
+    job_lease: float = 30.0  # seconds a dead process's jobs wait before another process takes them over
 
     @property
     def available_providers(self) -> tuple[str, ...]:
@@ -210,4 +211,5 @@ def load_settings(env: Mapping[str, str] | None = None, *, env_file: str | os.Pa
         history_days=read.integer("HISTORY_DAYS", 30, minimum=1, maximum=3650),
         log_level=log_level,
         dev_guild_id=int(guild) if guild else None,
+        job_lease=read.number("JOB_LEASE_SECONDS", 30.0, minimum=0.2, maximum=600.0),
     )

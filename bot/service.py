@@ -1,7 +1,7 @@
-"""The core, assembled: provider clients, the job engine and the picture pipeline behind one object.
+"""The core, assembled: provider clients and the picture pipeline behind one object.
 
-Front ends (the Discord cogs, the command line, benchmarks) construct one `FillService` from `Settings`,
-use `prepare_*` and `run`, and close it with `async with` or `aclose()`.
+Front ends (the Discord cogs, the command line, benchmarks) construct one `FillService` from `Settings`, prepare
+pictures with `prepare_*`, hand jobs to the lifecycle (`bot/lifecycle`), and close it with `async with`.
 """
 
 from __future__ import annotations
@@ -12,9 +12,8 @@ import functools
 import logging
 import os
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -23,11 +22,9 @@ import httpx
 from bot.config import Settings
 from bot.errors import UserError
 from bot.imaging import Limits
-from bot.jobs import JobEngine, Outcome, UpdateCallback
-from bot.lifecycle.states import State
 from bot.params import EditRequest, FillRequest, MaskOptions
 from bot.pipeline import Finished, JobInputs, Prepared, finish, prepare_edit, prepare_fill
-from bot.providers.base import Handle, Provider, ProviderJob
+from bot.providers.base import Provider
 from bot.providers.bfl import BFLProvider
 from bot.providers.http import Downloader
 from bot.providers.local import LocalProvider
@@ -62,12 +59,6 @@ def build_providers(
     return providers
 
 
-@dataclass(frozen=True)
-class JobResult:
-    outcome: Outcome
-    finished: Finished | None
-
-
 class FillService:
     """Owns the long-lived clients; everything heavy on pictures runs in worker threads."""
 
@@ -81,12 +72,6 @@ class FillService:
         self.limits = Limits(max_bytes=settings.max_attachment_bytes, max_pixels=settings.max_image_pixels)
         self.downloader = Downloader(max_bytes=MAX_OUTPUT_BYTES)
         self.providers = dict(providers) if providers is not None else build_providers(settings, self.downloader)
-        self.engine = JobEngine(
-            self.providers,
-            concurrency={name: cfg.max_concurrency for name, cfg in settings.providers.items()},
-            poll_interval=settings.poll_interval,
-            deadline=settings.job_deadline,
-        )
 
     async def __aenter__(self) -> FillService:
         return self
@@ -118,56 +103,28 @@ class FillService:
         self.check_provider(request.spec.provider)
         return await self._in_pool(prepare_edit, image, request, self.limits)
 
-    async def prepare_again(self, request: FillRequest | EditRequest, inputs: JobInputs) -> Prepared:
-        """Prepare a stored job again (Rerun, restart recovery): the stored mask is already final."""
+    async def prepare(self, request: FillRequest | EditRequest, inputs: JobInputs) -> Prepared:
+        """Prepare stored pictures again (a resumed queued job, Rerun): the stored mask is already final."""
         if isinstance(request, FillRequest):
             again = dataclasses.replace(request, mask=MaskOptions(feather=request.mask.feather))
             return await self.prepare_fill(inputs.original, inputs.mask, again)
         return await self.prepare_edit(inputs.original, request)
 
+    async def finish(
+        self,
+        request: FillRequest | EditRequest,
+        inputs: JobInputs,
+        files: Sequence[tuple[bytes, bool]],
+        *,
+        job_id: str,
+        max_total_bytes: int | None = None,
+    ) -> Finished:
+        """Decode the provider's outputs, put them back into the original and encode them, in the pool."""
+        return await self._in_pool(
+            finish, files, inputs=inputs, request=request, limits=self.limits, job_id=job_id,
+            max_total_bytes=max_total_bytes,
+        )
+
     @staticmethod
     def new_job_id() -> str:
         return uuid.uuid4().hex[:12]
-
-    async def run(
-        self,
-        job_id: str,
-        request: FillRequest | EditRequest,
-        inputs: JobInputs | Callable[[], Awaitable[JobInputs]],
-        on_update: UpdateCallback,
-        *,
-        job: ProviderJob | None = None,
-        handle: Handle | None = None,
-        before_submit: Callable[[], Awaitable[None]] | None = None,
-        max_total_bytes: int | None = None,
-    ) -> JobResult:
-        """Submit `job` (or resume polling `handle`), then finish its outputs against `inputs` (or what the
-        `inputs` loader returns once the outputs are in)."""
-        outcome = await self.engine.run(
-            job_id, request.spec.provider, on_update, job=job, handle=handle, before_submit=before_submit
-        )
-        if outcome.state is not State.SUCCEEDED:
-            return JobResult(outcome, None)
-        if callable(inputs):  # loaded only now, so waiting jobs do not hold their pictures in memory
-            try:
-                inputs = await inputs()
-            except UserError as exc:
-                missing = Outcome(job_id, State.FAILED, message=exc.message, handle=outcome.handle,
-                                  elapsed=outcome.elapsed)
-                return JobResult(missing, None)
-        try:
-            finished = await self._in_pool(
-                finish,
-                [(f.data, f.flagged) for f in outcome.files],
-                inputs=inputs,
-                request=request,
-                limits=self.limits,
-                job_id=job_id,
-                max_total_bytes=max_total_bytes,
-            )
-        except UserError as exc:
-            log.warning("job %s: provider output unusable: %s", job_id, exc.message)
-            failed = Outcome(job_id, State.FAILED, message=f"The provider's result was unusable: {exc.message}",
-                             handle=outcome.handle, elapsed=outcome.elapsed)
-            return JobResult(failed, None)
-        return JobResult(outcome, finished)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from types import TracebackType
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import aiosqlite
 
@@ -38,7 +38,7 @@ from bot.guild_settings import (
     settings_from_stored,
     term_key,
 )
-from bot.lifecycle.states import State
+from bot.lifecycle.states import State, check_move
 from bot.params import Operation
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 JOB_STATUSES: tuple[str, ...] = tuple(s.value for s in State)
 ACTIVE_STATUSES: tuple[str, ...] = tuple(s.value for s in State if not s.terminal)
 FINISHED_STATUSES: tuple[str, ...] = tuple(s.value for s in State if s.terminal)
+Front = Literal["discord", "cli"]
 # Jobs that use up a daily quota: everything except failures that were the provider's or ours.
 QUOTA_STATUSES: tuple[str, ...] = tuple(s for s in JOB_STATUSES if s not in ("failed", "timed_out"))
 QUOTA_WINDOW_SECONDS = 86_400.0  # quotas are per rolling 24 hours
@@ -141,6 +142,16 @@ class JobRecord:
     updated_at: float = 0.0
     finished_at: float | None = None
     channel_nsfw: bool = False
+    front: Front = "discord"
+    notices: tuple[str, ...] = ()
+    owner: str | None = None
+    lease_until: float | None = None
+    cancel_requested_at: float | None = None
+    delivered_at: float | None = None
+
+    @property
+    def state(self) -> State:
+        return State(self.status)
 
     @property
     def finished(self) -> bool:
@@ -150,7 +161,8 @@ class JobRecord:
 _JOB_COLUMNS = (
     "id", "kind", "user_id", "guild_id", "channel_id", "provider", "model", "status", "handle", "request", "prompt",
     "application_id", "interaction_token", "token_expires_at", "reply_message_id", "outputs", "seed", "error",
-    "created_at", "updated_at", "finished_at", "channel_nsfw",
+    "created_at", "updated_at", "finished_at", "channel_nsfw", "front", "notices", "owner", "lease_until",
+    "cancel_requested_at", "delivered_at",
 )
 _SELECT_JOB = f"SELECT {', '.join(_JOB_COLUMNS)} FROM jobs"
 
@@ -168,7 +180,9 @@ def _job_from_row(row: sqlite3.Row) -> JobRecord:
         reply_message_id=row["reply_message_id"],
         outputs=tuple(OutputMeta.from_dict(o) for o in json.loads(row["outputs"])),
         seed=row["seed"], error=row["error"], created_at=row["created_at"], updated_at=row["updated_at"],
-        finished_at=row["finished_at"], channel_nsfw=bool(row["channel_nsfw"]),
+        finished_at=row["finished_at"], channel_nsfw=bool(row["channel_nsfw"]), front=row["front"],
+        notices=tuple(str(n) for n in json.loads(row["notices"])), owner=row["owner"], lease_until=row["lease_until"],
+        cancel_requested_at=row["cancel_requested_at"], delivered_at=row["delivered_at"],
     )
 
 
@@ -181,30 +195,16 @@ def _optional(kind: type | tuple[type, ...], name: str) -> Callable[[object], ob
     return check
 
 
-def _status(value: object) -> object:
-    if value not in JOB_STATUSES:
-        raise ValueError(f"update_job: unknown status {value!r}")
-    return value
-
-
-def _outputs(value: object) -> object:
-    if not isinstance(value, Sequence) or not all(isinstance(o, OutputMeta) for o in value):
-        raise TypeError(f"update_job: outputs must be a sequence of OutputMeta, not {value!r}")
-    return _encode_outputs(cast(Sequence[OutputMeta], value))
-
-
-# Columns update_job may change, with the check/encoding for each. Identity columns never change.
+# Columns a front end may change with update_job. Status, handle, outputs and delivery belong to the lifecycle
+# and change only through `move_job`, `store_outputs` and `mark_delivered`, fenced by the job's owner.
 _UPDATABLE: dict[str, Callable[[object], object]] = {
-    "status": _status,
-    "handle": _optional(str, "handle"),
-    "interaction_token": _optional(str, "interaction_token"),
-    "token_expires_at": _optional((int, float), "token_expires_at"),
     "reply_message_id": _optional(int, "reply_message_id"),
-    "outputs": _outputs,
-    "seed": _optional(int, "seed"),
-    "error": _optional(str, "error"),
-    "finished_at": _optional((int, float), "finished_at"),
+    "interaction_token": _optional(str, "interaction_token"),
 }
+
+
+class NotOwner(Exception):
+    """The job is gone or another process owns it now: the caller must stop working on it."""
 
 
 def _placeholders(values: Sequence[object]) -> str:
@@ -303,6 +303,20 @@ class Storage:
                  if r["version"] not in known]
         if newer:
             raise RuntimeError(f"the database has migrations this version does not know: {sorted(newer)}")
+        # SQLite's way to rebuild a table (its CHECK constraints cannot be altered): foreign keys off meanwhile,
+        # checked once the migrations are in (the pragma is a no-op inside a transaction, so it is set here).
+        async with self._lock:
+            await self._db.execute("PRAGMA foreign_keys = OFF")
+        try:
+            await self._apply(migrations)
+        finally:
+            async with self._lock:
+                await self._db.execute("PRAGMA foreign_keys = ON")
+        broken = await self._rows("PRAGMA foreign_key_check")
+        if broken:
+            raise RuntimeError(f"migrations left {len(broken)} rows with broken references")
+
+    async def _apply(self, migrations: Sequence[Migration]) -> None:
         for migration in migrations:
             async with self._transaction():
                 # Checked inside the transaction, so two processes starting at once apply it once.
@@ -321,20 +335,18 @@ class Storage:
         return [r["version"] for r in await self._rows("SELECT version FROM schema_migrations ORDER BY version")]
 
     # -- jobs -----------------------------------------------------------------------------------------------
+    # The lifecycle (bot/lifecycle) is the only writer of a job's status, handle, outputs and delivery; every
+    # such write names the owner and changes nothing if another process has taken the job over.
 
     async def create_job(
-        self, record: JobRecord, inputs_original: bytes | None, inputs_mask: bytes | None
+        self, record: JobRecord, inputs_original: bytes | None = None, inputs_mask: bytes | None = None
     ) -> JobRecord:
-        """Record a job and its inputs in one transaction, before it is submitted, so a restart can finish it.
-
-        Inputs may follow later (`save_inputs`): the bot records a job the moment it is admitted, so limits
-        hold under bursts, and only then downloads the pictures. `created_at`/`updated_at` are stamped from the
-        clock; the stored record is returned.
-        """
+        """Record a job (and optionally its inputs) in one transaction; `created_at`/`updated_at` are stamped."""
         now = self._clock()
         stored = replace(record, created_at=now, updated_at=now)
         values = [getattr(stored, c) for c in _JOB_COLUMNS]
         values[_JOB_COLUMNS.index("outputs")] = _encode_outputs(stored.outputs)
+        values[_JOB_COLUMNS.index("notices")] = json.dumps(list(stored.notices))
         async with self._transaction():
             await self._execute(
                 f"INSERT INTO jobs ({', '.join(_JOB_COLUMNS)}) VALUES ({_placeholders(values)})", values
@@ -346,42 +358,156 @@ class Storage:
                 )
         return stored
 
-    async def save_inputs(self, job_id: str, original: bytes, mask: bytes | None) -> None:
-        """Store (or replace) a job's input pictures."""
-        async with self._transaction():
-            await self._execute(
-                "INSERT OR REPLACE INTO job_inputs (job_id, original, mask) VALUES (?, ?, ?)", (job_id, original, mask)
-            )
-
     async def discard_job(self, job_id: str) -> None:
         """Forget a job that never started (its pictures were refused): it must not count toward limits."""
         async with self._transaction():
             await self._execute("DELETE FROM jobs WHERE id = ?", (job_id,))
 
-    async def update_job(self, job_id: str, **fields: object) -> JobRecord | None:
-        """Change whitelisted columns and stamp `updated_at`; None if the job no longer exists (erased).
+    async def _owned(self, job_id: str, owner: str) -> JobRecord:
+        current = await self._job_unlocked(job_id)
+        if current is None or current.owner != owner:
+            raise NotOwner(job_id)
+        return current
 
-        Ending a job (a terminal status) clears its interaction token and sets `finished_at`. A finished job is
-        never moved back to an active status (a late poll after a cancel), which would hold a concurrency slot.
-        """
+    async def queue_job(
+        self, job_id: str, owner: str, original: bytes, mask: bytes | None, notices: Sequence[str]
+    ) -> None:
+        """Store the prepared pictures and move the job from `preparing` to `queued`, together."""
+        async with self._transaction():
+            current = await self._owned(job_id, owner)
+            check_move(current.state, State.QUEUED)
+            await self._execute(
+                "INSERT OR REPLACE INTO job_inputs (job_id, original, mask) VALUES (?, ?, ?)", (job_id, original, mask)
+            )
+            await self._execute(
+                "UPDATE jobs SET status = ?, notices = ?, updated_at = ? WHERE id = ?",
+                (State.QUEUED.value, json.dumps(list(notices)), self._clock(), job_id),
+            )
+
+    async def move_job(
+        self, job_id: str, owner: str, state: State, *, handle: str | None = None, error: str | None = None
+    ) -> JobRecord:
+        """Move a job along the state machine. A move it does not allow (a stale update) changes nothing and
+        returns the job as it is; NotOwner if another process owns the job now."""
+        async with self._transaction():
+            current = await self._owned(job_id, owner)
+            if state is current.state and handle is None:
+                return current
+            if state is not current.state:
+                check_move(current.state, state)
+            now = self._clock()
+            values: dict[str, object] = {"status": state.value, "updated_at": now}
+            if handle is not None:
+                values["handle"] = handle
+            if error is not None:
+                values["error"] = error
+            if state.terminal:
+                values["finished_at"] = now
+            assignments = ", ".join(f"{name} = ?" for name in values)
+            await self._execute(f"UPDATE jobs SET {assignments} WHERE id = ?", [*values.values(), job_id])
+            return await self._owned(job_id, owner)
+
+    async def store_outputs(self, job_id: str, owner: str, files: Sequence[tuple[bytes, bool]]) -> None:
+        """Keep the downloaded provider outputs and mark the job `succeeded`, together: from here a restart
+        finishes and delivers them without asking the provider again."""
+        async with self._transaction():
+            current = await self._owned(job_id, owner)
+            check_move(current.state, State.SUCCEEDED)
+            await self._execute("DELETE FROM job_outputs WHERE job_id = ?", (job_id,))
+            for index, (data, flagged) in enumerate(files):
+                await self._execute(
+                    "INSERT INTO job_outputs (job_id, idx, data, flagged) VALUES (?, ?, ?, ?)",
+                    (job_id, index, data, int(flagged)),
+                )
+            now = self._clock()
+            await self._execute(
+                "UPDATE jobs SET status = ?, finished_at = ?, updated_at = ? WHERE id = ?",
+                (State.SUCCEEDED.value, now, now, job_id),
+            )
+
+    async def load_outputs(self, job_id: str) -> list[tuple[bytes, bool]]:
+        rows = await self._rows("SELECT data, flagged FROM job_outputs WHERE job_id = ? ORDER BY idx", (job_id,))
+        return [(bytes(r["data"]), bool(r["flagged"])) for r in rows]
+
+    async def mark_delivered(
+        self, job_id: str, owner: str, *, outputs: Sequence[OutputMeta] = (), error: str | None = None
+    ) -> None:
+        """The front end showed the outcome: forget the token and the outputs, release the job."""
+        async with self._transaction():
+            await self._owned(job_id, owner)
+            now = self._clock()
+            await self._execute(
+                "UPDATE jobs SET delivered_at = ?, interaction_token = NULL, outputs = ?, "
+                "error = COALESCE(?, error), owner = NULL, lease_until = NULL, updated_at = ? WHERE id = ?",
+                (now, _encode_outputs(outputs), error, now, job_id),
+            )
+            await self._execute("DELETE FROM job_outputs WHERE job_id = ?", (job_id,))
+
+    async def claim_job(self, job_id: str, owner: str, lease_until: float) -> JobRecord | None:
+        """Take an undelivered job whose owner's lease ran out (or that has none); None if someone holds it."""
+        async with self._transaction():
+            changed = await self._execute(
+                "UPDATE jobs SET owner = ?, lease_until = ? WHERE id = ? AND delivered_at IS NULL "
+                "AND erased_at IS NULL AND (owner IS NULL OR owner = ? OR lease_until IS NULL OR lease_until < ?)",
+                (owner, lease_until, job_id, owner, self._clock()),
+            )
+            return await self._job_unlocked(job_id) if changed else None
+
+    async def claimable_jobs(self, front: Front, limit: int = 100) -> list[JobRecord]:
+        """Undelivered jobs nobody holds a lease on, oldest first."""
+        rows = await self._rows(
+            f"{_SELECT_JOB} WHERE front = ? AND delivered_at IS NULL AND erased_at IS NULL "
+            "AND (owner IS NULL OR lease_until IS NULL OR lease_until < ?) ORDER BY created_at, rowid LIMIT ?",
+            (front, self._clock(), limit),
+        )
+        return [_job_from_row(r) for r in rows]
+
+    async def renew_leases(self, owner: str, job_ids: Sequence[str], lease_until: float) -> set[str]:
+        """Extend this owner's leases; returns the ids it still owns (a job missing here was taken over)."""
+        if not job_ids:
+            return set()
+        async with self._transaction():
+            await self._execute(
+                f"UPDATE jobs SET lease_until = ? WHERE owner = ? AND id IN ({_placeholders(job_ids)})",
+                (lease_until, owner, *job_ids),
+            )
+            rows = await self._rows_unlocked(
+                f"SELECT id FROM jobs WHERE owner = ? AND id IN ({_placeholders(job_ids)})", (owner, *job_ids)
+            )
+        return {r["id"] for r in rows}
+
+    async def release_jobs(self, owner: str, job_ids: Sequence[str], *, until: float | None = None) -> None:
+        """Let another process (or a later attempt) take these jobs: at once, or once `until` has passed."""
+        if not job_ids:
+            return
+        async with self._transaction():
+            await self._execute(
+                f"UPDATE jobs SET lease_until = ? WHERE owner = ? AND id IN ({_placeholders(job_ids)})",
+                (until if until is not None else 0.0, owner, *job_ids),
+            )
+
+    async def request_cancel(self, job_id: str) -> bool:
+        """Leave a cancel request for whichever process runs the job; False if it already ended."""
+        async with self._transaction():
+            changed = await self._execute(
+                "UPDATE jobs SET cancel_requested_at = ? "
+                f"WHERE id = ? AND status IN ({_placeholders(ACTIVE_STATUSES)})",
+                (self._clock(), job_id, *ACTIVE_STATUSES),
+            )
+        return changed > 0
+
+    async def cancel_requested(self, job_id: str) -> bool:
+        rows = await self._rows("SELECT cancel_requested_at FROM jobs WHERE id = ?", (job_id,))
+        return bool(rows) and rows[0][0] is not None
+
+    async def update_job(self, job_id: str, **fields: object) -> JobRecord | None:
+        """Change what a front end owns (`reply_message_id`, `interaction_token`); None if the job is gone."""
         unknown = sorted(set(fields) - set(_UPDATABLE))
         if unknown:
             raise TypeError(f"update_job cannot change {', '.join(unknown)}")
         values = {name: _UPDATABLE[name](value) for name, value in fields.items()}
+        values["updated_at"] = self._clock()
         async with self._transaction():
-            current = await self._job_unlocked(job_id)
-            if current is None:
-                return None
-            now = self._clock()
-            status = values.get("status")
-            if status in ACTIVE_STATUSES and current.finished:
-                log.warning("job %s is %s; not moving it back to %s", job_id, current.status, status)
-                del values["status"]
-            elif status in FINISHED_STATUSES:
-                values["interaction_token"] = None
-                if current.finished_at is None:
-                    values.setdefault("finished_at", now)
-            values["updated_at"] = now
             assignments = ", ".join(f"{name} = ?" for name in values)
             await self._execute(f"UPDATE jobs SET {assignments} WHERE id = ?", [*values.values(), job_id])
             return await self._job_unlocked(job_id)
@@ -402,14 +528,6 @@ class Storage:
         mask = rows[0]["mask"]
         return bytes(rows[0]["original"]), None if mask is None else bytes(mask)
 
-    async def unfinished_jobs(self) -> list[JobRecord]:
-        """Jobs to resume after a restart, oldest first."""
-        rows = await self._rows(
-            f"{_SELECT_JOB} WHERE status IN ({_placeholders(ACTIVE_STATUSES)}) ORDER BY created_at, rowid",
-            ACTIVE_STATUSES,
-        )
-        return [_job_from_row(r) for r in rows]
-
     async def recent_jobs(self, user_id: int, limit: int = 10) -> list[JobRecord]:
         rows = await self._rows(
             f"{_SELECT_JOB} WHERE user_id = ? AND erased_at IS NULL ORDER BY created_at DESC, rowid DESC LIMIT ?",
@@ -425,7 +543,7 @@ class Storage:
         the quota window has passed, so erasing history does not reset daily quotas or cooldowns.
         """
         now = self._clock()
-        finished = f"user_id = ? AND status IN ({_placeholders(FINISHED_STATUSES)})"
+        finished = f"user_id = ? AND status IN ({_placeholders(FINISHED_STATUSES)}) AND delivered_at IS NOT NULL"
         params = (user_id, *FINISHED_STATUSES)
         async with self._transaction():
             count_rows = await self._rows_unlocked(f"SELECT COUNT(*) FROM jobs WHERE {finished} AND erased_at IS NULL",
@@ -456,7 +574,8 @@ class Storage:
         if older_than_days < 1:
             raise ValueError("purge needs at least one day")
         now = self._clock()
-        ended = f"status IN ({_placeholders(FINISHED_STATUSES)}) AND COALESCE(finished_at, updated_at) < ?"
+        ended = (f"status IN ({_placeholders(FINISHED_STATUSES)}) AND delivered_at IS NOT NULL "
+                 "AND COALESCE(finished_at, updated_at) < ?")
         jobs_cutoff = now - older_than_days * 86_400
         inputs_cutoff = now - min(older_than_days, INPUT_RETENTION_DAYS) * 86_400
         async with self._transaction():
@@ -512,10 +631,12 @@ class Storage:
         return [float(r[0]) for r in rows]
 
     async def active_jobs(self, user_id: int) -> int:
-        """A person's queued or running jobs anywhere: they share the same provider capacity."""
+        """A person's queued or running jobs anywhere (they share the same provider capacity). A job whose
+        process stopped renewing its lease (crashed, or lost its database) holds no slot until it is taken over."""
         rows = await self._rows(
-            f"SELECT COUNT(*) FROM jobs WHERE user_id = ? AND status IN ({_placeholders(ACTIVE_STATUSES)})",
-            (user_id, *ACTIVE_STATUSES),
+            f"SELECT COUNT(*) FROM jobs WHERE user_id = ? AND status IN ({_placeholders(ACTIVE_STATUSES)}) "
+            "AND (lease_until IS NULL OR lease_until >= ?)",
+            (user_id, *ACTIVE_STATUSES, self._clock()),
         )
         return int(rows[0][0])
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import discord
 
+from bot.lifecycle.jobs import CancelResult
 from bot.params import request_from_json
 from bot.storage import JobRecord
 from cogs import rendering
@@ -16,6 +17,7 @@ from cogs.errors import SafeModal, report
 
 if TYPE_CHECKING:
     from bot.app import FillBot
+    from cogs.jobflow import JobFlow
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +26,12 @@ _ID = r"(?P<job>[0-9a-f]{12})"
 
 def _bot(interaction: discord.Interaction) -> FillBot:
     return cast("FillBot", interaction.client)
+
+
+def _flow(interaction: discord.Interaction) -> JobFlow:
+    from cogs.jobflow import flow  # jobflow renders these buttons: importing it at the top would be circular
+
+    return flow(_bot(interaction))
 
 
 def is_moderator(interaction: discord.Interaction) -> bool:
@@ -87,8 +95,12 @@ class CancelButton(JobButton, template=r"fill:cancel:" + _ID):
     moderators_too = True
 
     async def run(self, interaction: discord.Interaction) -> None:
-        if _bot(interaction).service.engine.cancel(self.job_id):
+        result = await _bot(interaction).lifecycle.cancel(self.job_id)
+        if result is CancelResult.STOPPING:
             await interaction.response.defer()  # the job's own final edit shows "Canceled"
+        elif result is CancelResult.REQUESTED:
+            await interaction.response.send_message("Canceling… the reply will say so in a few seconds.",
+                                                    ephemeral=True)
         else:
             await interaction.response.send_message("This job is not running any more.", ephemeral=True)
 
@@ -101,7 +113,7 @@ class RerunButton(JobButton, template=r"fill:rerun:" + _ID):
 
     async def run(self, interaction: discord.Interaction) -> None:
         assert self.record is not None
-        await _bot(interaction).flow.rerun(interaction, self.record)
+        await _flow(interaction).rerun(interaction, self.record)
 
 
 class InfoButton(JobButton, template=r"fill:info:" + _ID):
@@ -132,7 +144,7 @@ class DeleteButton(JobButton, template=r"fill:delete:" + _ID):
     moderators_too = True
 
     async def run(self, interaction: discord.Interaction) -> None:
-        await _bot(interaction).flow.delete_result(interaction, self.job_id)
+        await _flow(interaction).delete_result(interaction, self.job_id)
 
 
 class ShareButton(JobButton, template=r"fill:share:" + _ID):
@@ -143,7 +155,7 @@ class ShareButton(JobButton, template=r"fill:share:" + _ID):
 
     async def run(self, interaction: discord.Interaction) -> None:
         assert self.record is not None
-        await _bot(interaction).flow.share(interaction, self.record)
+        await _flow(interaction).share(interaction, self.record)
 
 
 class ReuseButton(JobButton, template=r"fill:reuse:" + _ID + r":(?P<index>[0-9])"):
@@ -184,10 +196,9 @@ class ReuseModal(SafeModal, title="Use this image as the new input"):
 
     async def on_submit(self, interaction: discord.Interaction) -> None:
         region = (self.region.value or "").strip() or None if self.record.kind == "fill" else None
-        await _bot(interaction).flow.reuse(interaction, self.record, self.index, self.prompt.value, region)
+        await _flow(interaction).reuse(interaction, self.record, self.index, self.prompt.value, region)
 
 
-DYNAMIC_ITEMS = (CancelButton, RerunButton, InfoButton, DeleteButton, ShareButton, ReuseButton)
 
 
 def working_view(job_id: str) -> discord.ui.View:
@@ -215,3 +226,8 @@ def failed_view(job_id: str) -> discord.ui.View:
     view.add_item(InfoButton(job_id))
     view.add_item(DeleteButton(job_id))
     return view
+
+
+async def setup(bot: FillBot) -> None:
+    """Buttons on old replies keep working after a restart: their custom ids are matched by template."""
+    bot.add_dynamic_items(CancelButton, RerunButton, InfoButton, DeleteButton, ShareButton, ReuseButton)

@@ -25,7 +25,9 @@ from bot.params import (
     MaskOptions,
     Value,
 )
+from bot.pipeline import Prepared
 from cogs.errors import SafeModal
+from cogs.jobflow import Admission, Request, flow
 
 if TYPE_CHECKING:
     from bot.app import FillBot
@@ -141,20 +143,24 @@ class FillCog(commands.Cog):
         delivery: Delivery,
         provider: str | None,
     ) -> None:
-        flow = self.bot.flow
-        admission = await flow.admit(interaction, provider=provider, operation="fill", prompt=prompt,
-                                     outputs=options.get("outputs"))
-        request = FillRequest.build(
-            admission.provider, admission.prompt, options, mask=mask_options, delivery=delivery,
-            internal=admission.internal,
-        )
+        jobs = flow(self.bot)
 
-        async def load() -> Any:
+        async def decide() -> tuple[Request, Admission]:
+            admission = await jobs.admit(interaction, provider=provider, operation="fill", prompt=prompt,
+                                         outputs=options.get("outputs"))
+            request = FillRequest.build(
+                admission.provider, admission.prompt, options, mask=mask_options, delivery=delivery,
+                internal=admission.internal,
+            )
+            return request, admission
+
+        async def load(request: Request) -> Prepared:
+            assert isinstance(request, FillRequest)
             image_bytes = await read_image()
             mask_bytes = await read_mask() if read_mask else None
             return await self.bot.service.prepare_fill(image_bytes, mask_bytes, request)
 
-        await flow.start(interaction, request, admission, load)
+        await jobs.start(interaction, decide, load)
 
     # ------------------------------------------------------------------------------------------- /edit
     @app_commands.command(name="edit", description="Edit a picture by instruction with FLUX Kontext.")
@@ -199,15 +205,20 @@ class FillCog(commands.Cog):
         delivery: Delivery,
         provider: str | None,
     ) -> None:
-        flow = self.bot.flow
-        admission = await flow.admit(interaction, provider=provider, operation="edit", prompt=prompt, outputs=None)
-        request = EditRequest.build(admission.provider, admission.prompt, options, delivery=delivery,
-                                    internal=admission.internal)
+        jobs = flow(self.bot)
 
-        async def load() -> Any:
+        async def decide() -> tuple[Request, Admission]:
+            admission = await jobs.admit(interaction, provider=provider, operation="edit", prompt=prompt,
+                                         outputs=None)
+            request = EditRequest.build(admission.provider, admission.prompt, options, delivery=delivery,
+                                        internal=admission.internal)
+            return request, admission
+
+        async def load(request: Request) -> Prepared:
+            assert isinstance(request, EditRequest)
             return await self.bot.service.prepare_edit(await read_image(), request)
 
-        await flow.start(interaction, request, admission, load)
+        await jobs.start(interaction, decide, load)
 
     @fill.autocomplete("provider")
     @edit.autocomplete("provider")
@@ -215,7 +226,7 @@ class FillCog(commands.Cog):
         self, interaction: discord.Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
         operation = "edit" if interaction.command is not None and interaction.command.name == "edit" else "fill"
-        names = await self.bot.flow.providers_for(interaction.guild_id, "edit" if operation == "edit" else "fill")
+        names = await flow(self.bot).providers_for(interaction.guild_id, "edit" if operation == "edit" else "fill")
         return [app_commands.Choice(name=label, value=name) for name, label in names if current.lower() in name][:25]
 
     # ------------------------------------------------------------------------------------ context menus

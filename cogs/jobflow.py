@@ -1,13 +1,13 @@
-"""One job on Discord, from a validated request to a delivered reply; shared by every command and button.
+"""One job on Discord, from a command to a running job; shared by every command, modal and button.
 
-Order of work, so that nothing is lost and bad input never reaches a provider:
-1. the caller has already answered cheap checks ephemerally and holds an admission `Reservation`;
-2. `start` defers within Discord's 3-second window, downloads and prepares the pictures in a thread
-   (user errors then reach only the user: the public "thinking" reply is deleted and the error is sent
-   ephemerally);
-3. the job and its inputs are recorded, then the reply shows the mask preview and a live status;
-4. the engine runs the job; updates are stored and rendered (throttled); the final edit carries the images.
-`resume_all` picks up recorded jobs after a restart.
+Order of work, so that nothing waits on the database before Discord's 3-second acknowledgement and bad input
+never reaches a provider:
+1. the command has checked its options against their ranges and the attachments' metadata (no database);
+2. `start` acknowledges at once (a public "thinking" reply), then applies the server's rules (`admit`), checks
+   limits and records the job under the admission lock, downloads and prepares the pictures in a thread;
+   anything refused from here on reaches only the member (`cogs.errors`);
+3. the reply shows the mask preview and a live status, and the lifecycle (`bot/lifecycle`) runs the job,
+   rendering into the reply through a `DiscordSink` until the ending is delivered.
 """
 
 from __future__ import annotations
@@ -18,16 +18,18 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, cast
 
 import discord
+from discord.ext import commands
 
 from bot.errors import UserError
 from bot.guild_settings import AuditEntry, GuildSettings, channel_allowed, effective_safety, usable_providers
-from bot.jobs import JobUpdate
+from bot.lifecycle.sink import Progress
 from bot.lifecycle.states import State
+from bot.lifecycle.store import StoreUnavailable
 from bot.moderation import LimitGate, guild_filter
 from bot.params import (
     SPECS,
@@ -39,31 +41,21 @@ from bot.params import (
     request_from_json,
     request_to_json,
 )
-from bot.pipeline import Finished, JobInputs, Prepared
-from bot.providers.base import Handle, ProviderJob
-from bot.service import JobResult
-from bot.storage import JobRecord, OutputMeta
+from bot.pipeline import JobInputs, Prepared
+from bot.storage import JobRecord
 from cogs import buttons, rendering
-from cogs.live_reply import TOKEN_LIFETIME, Edit, LiveReply, ReplyTarget, Upload
+from cogs.delivery import DiscordSink, JobContext, new_target, sink_for_record
+from cogs.errors import PUBLIC_THINKING
+from cogs.live_reply import LiveReply, Upload
 
 if TYPE_CHECKING:
     from bot.app import FillBot
 
 log = logging.getLogger(__name__)
 
-# Discord's upload limit for a bot message without boosts; keep a margin for the multipart envelope.
-MAX_UPLOAD_BYTES = 10 * 1024 * 1024 - 64 * 1024
-
-
-@dataclass(frozen=True)
-class JobContext:
-    """Who asked, where, and what the server's rules decided for this job."""
-
-    user_id: int
-    guild_id: int | None
-    channel_id: int
-    channel_nsfw: bool
-    spoiler_flagged: bool  # flagged outputs: spoiler (age-restricted channels) instead of withholding
+Request = FillRequest | EditRequest
+Decide = Callable[[], Awaitable[tuple[Request, "Admission"]]]
+Load = Callable[[Request], Awaitable[Prepared]]
 
 
 @dataclass(frozen=True)
@@ -78,13 +70,24 @@ class Admission:
     private_notices: tuple[str, ...] = ()  # told only to the user (e.g. which terms were removed)
 
 
-class JobFlow:
+def flow(bot: commands.Bot) -> JobFlow:
+    """The loaded JobFlow cog (other cogs start jobs through it)."""
+    cog = bot.get_cog("JobFlow")
+    if cog is None:
+        raise RuntimeError("the cogs.jobflow extension is not loaded")
+    return cast(JobFlow, cog)
+
+
+class JobFlow(commands.Cog):
     def __init__(self, bot: FillBot) -> None:
         self.bot = bot
-        self._tasks: set[asyncio.Task[Any]] = set()
         self._gate: LimitGate | None = None
         # Downloads + preparation at once: more would only hold pictures in memory while waiting for a CPU.
         self._preparing = asyncio.Semaphore(2 * (os.cpu_count() or 1))
+
+    async def cog_load(self) -> None:
+        if self.bot.recover:  # a serving bot takes over jobs nobody runs (after a restart too); `sync` does not
+            self.bot.lifecycle.serve("discord", lambda record: sink_for_record(self.bot, record))
 
     # ----------------------------------------------------------------------------------------------- start
     async def admit(
@@ -163,82 +166,66 @@ class JobFlow:
             self._gate = LimitGate(self.bot.storage)
         return self._gate
 
-    async def start(
-        self,
-        interaction: discord.Interaction,
-        request: FillRequest | EditRequest,
-        admission: Admission,
-        load: Callable[[], Coroutine[Any, Any, Prepared]],
-    ) -> None:
-        """Check limits and record the job, defer, prepare with `load`, then run it in the background."""
+    async def acknowledge(self, interaction: discord.Interaction) -> None:
+        """Defer publicly within Discord's 3-second window, before any database or picture work."""
+        if not interaction.response.is_done():
+            await interaction.response.defer(thinking=True)
+            interaction.extras[PUBLIC_THINKING] = True
+
+    async def start(self, interaction: discord.Interaction, decide: Decide, load: Load) -> None:
+        """Acknowledge, decide under the server's rules, record, prepare, then hand the job to the lifecycle."""
+        await self.acknowledge(interaction)
+        request, admission = await decide()
         context = admission.context
-        job_id = self.bot.service.new_job_id()
-        target = ReplyTarget(
-            application_id=interaction.application_id,
-            token=interaction.token,
-            token_expires_at=interaction.created_at.timestamp() + TOKEN_LIFETIME,
-            channel_id=context.channel_id,
-            message_id=0,
-            user_id=context.user_id,
-        )
-        # Decide and record under the same lock, so a burst cannot pass one check twice.
-        async with self.gate.admission(admission.settings, context.user_id, context.guild_id) as decision:
-            if not decision.allowed:
-                raise UserError(decision.message)
-            await self.bot.storage.create_job(self._record(job_id, request, context, target), None, None)
+        target = new_target(interaction.application_id, interaction.token, interaction.created_at.timestamp(),
+                            context)
+        record = self._record(self.bot.service.new_job_id(), request, context, target.token_expires_at,
+                              interaction.token, interaction.application_id)
         try:
-            if not interaction.response.is_done():
-                await interaction.response.defer(thinking=True)
+            # Decide and record under the same lock, so a burst cannot pass one check twice.
+            async with self.gate.admission(admission.settings, context.user_id, context.guild_id) as decision:
+                if not decision.allowed:
+                    raise UserError(decision.message)
+                record = await self.bot.lifecycle.record(record)
+        except StoreUnavailable:
+            raise UserError("The bot's database is not answering right now; nothing was started or charged. "
+                            "Please try again in a minute.") from None
+        try:
             async with self._preparing:
-                prepared = await load()
-        except UserError as exc:
-            await self.bot.storage.discard_job(job_id)
-            await self._refuse_after_defer(interaction, exc.message)
-            return
+                prepared = await load(request)
         except BaseException:
-            await self.bot.storage.discard_job(job_id)
+            with contextlib.suppress(StoreUnavailable):
+                await self.bot.lifecycle.discard(record.id)
             raise
-        await self.bot.storage.save_inputs(job_id, prepared.inputs.original, prepared.inputs.mask)
         started = time.time()
-        notices = prepared.notices
-        first = rendering.status_embed(
-            request, JobUpdate(job_id, State.QUEUED, 0.0), started_at=started, notices=notices
-        )
+        reply = LiveReply(self.bot, target, min_interval=self.bot.edit_interval, last_edit=time.monotonic())
+        sink = DiscordSink(self.bot, record.id, request, context, reply, started_at=record.created_at)
+        sink.notices = prepared.notices
+        first = rendering.status_embed(request, Progress(record.id, State.QUEUED, time.time() - started),
+                                       started_at=record.created_at, notices=prepared.notices)
         try:
             message = await interaction.edit_original_response(
                 embed=first,
                 attachments=[Upload(prepared.preview_name, prepared.preview).to_file()],
-                view=buttons.working_view(job_id),
+                view=buttons.working_view(record.id),
             )
         except discord.HTTPException as exc:
-            log.warning("job %s: could not show its reply (%s); running it anyway", job_id, exc.status)
-            message = None
-        if message is not None:
-            target = ReplyTarget(
-                target.application_id, target.token, target.token_expires_at, target.channel_id, message.id,
-                target.user_id,
-            )
-            await self.bot.storage.update_job(job_id, reply_message_id=message.id)
+            log.warning("job %s: could not show its reply (%s); running it anyway", record.id, exc.status)
+            reply.gone = True
+        else:
+            interaction.extras.pop(PUBLIC_THINKING, None)
+            reply.target = dataclasses.replace(reply.target, message_id=message.id)
+            await self.bot.storage.update_job(record.id, reply_message_id=message.id)
             # Only now: while the public reply is still "thinking", a follow-up would replace it, flags and all.
             for note in admission.private_notices:
                 with contextlib.suppress(discord.HTTPException):
                     await interaction.followup.send(note, ephemeral=True)
-        reply = LiveReply(self.bot, target, min_interval=self.bot.edit_interval, last_edit=time.monotonic())
-        if message is None:
-            reply.gone = True
-        self.spawn(self._run(job_id, request, context, reply, started, notices, job=prepared.job))
-
-    async def _refuse_after_defer(self, interaction: discord.Interaction, message: str) -> None:
-        """The public 'thinking' reply is already there: remove it and tell only the user."""
-        with contextlib.suppress(discord.HTTPException):
-            await interaction.delete_original_response()
-        with contextlib.suppress(discord.HTTPException):
-            await interaction.followup.send(message, ephemeral=True)
+        await self.bot.lifecycle.queue(record, prepared, sink)
 
     def _record(
-        self, job_id: str, request: FillRequest | EditRequest, context: JobContext, target: ReplyTarget
+        self, job_id: str, request: Request, context: JobContext, token_expires_at: float, token: str,
+        application_id: int,
     ) -> JobRecord:
-        now = time.time()
         seed = request.params.get("seed")
         return JobRecord(
             id=job_id,
@@ -248,197 +235,14 @@ class JobFlow:
             channel_id=context.channel_id,
             provider=request.spec.provider,
             model=request.spec.model,
-            status=State.QUEUED.value,
-            handle=None,
             request=request_to_json(request),
             prompt=request.prompt,
-            application_id=target.application_id,
-            interaction_token=target.token,
-            token_expires_at=target.token_expires_at,
-            reply_message_id=None,
-            outputs=(),
+            application_id=application_id,
+            interaction_token=token,
+            token_expires_at=token_expires_at,
             seed=int(seed) if isinstance(seed, int) else None,
-            error=None,
-            created_at=now,
-            updated_at=now,
-            finished_at=None,
             channel_nsfw=context.channel_nsfw,
         )
-
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def aclose(self) -> None:
-        """Stop local work; provider jobs keep running and are resumed on the next start."""
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    # ------------------------------------------------------------------------------------------------ run
-    async def _run(
-        self,
-        job_id: str,
-        request: FillRequest | EditRequest,
-        context: JobContext,
-        reply: LiveReply,
-        started: float,
-        notices: tuple[str, ...],
-        *,
-        job: ProviderJob | None = None,
-        handle: Handle | None = None,
-    ) -> None:
-        """Run a recorded job (submit `job`, or resume `handle`); its pictures are read back from storage only
-        when the outputs are in, so hundreds of waiting jobs hold little memory."""
-        storage = self.bot.storage
-
-        async def load_inputs() -> JobInputs:
-            stored = await storage.load_inputs(job_id)
-            if stored is None:
-                raise UserError("The pictures of this job are no longer stored.")
-            return JobInputs(*stored)
-
-        saved_handle = handle
-
-        async def on_update(update: JobUpdate) -> None:
-            nonlocal saved_handle
-            if update.handle is not None and update.handle != saved_handle:
-                saved_handle = update.handle
-                await storage.update_job(job_id, status=update.state.value, handle=update.handle.to_json())
-            elif not update.state.terminal:
-                await storage.update_job(job_id, status=update.state.value)
-            if not update.state.terminal:
-                embed = rendering.status_embed(request, update, started_at=started, notices=notices)
-                reply.update(Edit(embed=embed, view=buttons.working_view(job_id)))
-                if reply.gone:
-                    self.bot.service.engine.cancel(job_id)  # the user deleted the reply: stop paying for it
-
-        async def before_submit() -> None:
-            await storage.update_job(job_id, status=State.STARTING.value)
-
-        try:
-            result = await self.bot.service.run(
-                job_id,
-                request,
-                load_inputs,
-                on_update,
-                job=job if handle is None else None,
-                handle=handle,
-                before_submit=before_submit,
-                max_total_bytes=MAX_UPLOAD_BYTES,
-            )
-        except Exception:
-            log.exception("job %s crashed (provider %s, user %s)", job_id, request.spec.provider, context.user_id)
-            result = None
-        await self._deliver(job_id, request, context, reply, result, notices)
-
-    async def _deliver(
-        self,
-        job_id: str,
-        request: FillRequest | EditRequest,
-        context: JobContext,
-        reply: LiveReply,
-        result: JobResult | None,
-        notices: tuple[str, ...],
-    ) -> None:
-        storage = self.bot.storage
-        state: State
-        message: str | None
-        if result is None:
-            state, message = State.FAILED, "Something went wrong on our side; the error was logged. Please try again."
-        else:
-            state, message = result.outcome.state, result.outcome.message
-        finished = result.finished if result is not None else None
-        if finished is not None and result is not None:
-            uploads, metas, more = self._uploads(finished, context)
-            all_notices = notices + finished.notices + tuple(more)
-            if result.outcome.message:
-                all_notices += (result.outcome.message,)
-            if result.outcome.dropped:
-                all_notices += (f"{result.outcome.dropped} image(s) were withheld by the provider's safety checker.",)
-            if not uploads:
-                state, message = State.MODERATED, "Every image was flagged by the provider's safety checker."
-            else:
-                embed = rendering.result_embed(
-                    request, job_id=job_id, user_id=context.user_id, elapsed=result.outcome.elapsed,
-                    notices=all_notices,
-                )
-                view = buttons.finished_view(job_id, len(uploads), shareable=context.guild_id is not None)
-                await storage.update_job(
-                    job_id, status=State.SUCCEEDED.value, outputs=metas, finished_at=time.time(),
-                    interaction_token=None,
-                )
-                await reply.final(Edit(embed=embed, view=view, files=uploads))
-                return
-        embed = rendering.failure_embed(request, state, message, job_id=job_id)
-        await storage.update_job(
-            job_id, status=state.value, error=message, finished_at=time.time(), interaction_token=None
-        )
-        await reply.final(Edit(embed=embed, view=buttons.failed_view(job_id), files=[]))
-
-    def _uploads(
-        self, finished: Finished, context: JobContext
-    ) -> tuple[list[Upload], tuple[OutputMeta, ...], list[str]]:
-        uploads: list[Upload] = []
-        metas: list[OutputMeta] = []
-        withheld = 0
-        for image in finished.images:
-            if image.flagged and not context.spoiler_flagged:
-                withheld += 1
-                continue
-            uploads.append(Upload(image.filename, image.data, spoiler=image.flagged))
-            metas.append(OutputMeta(image.filename, image.size[0], image.size[1], image.flagged, len(image.data)))
-        notes = [f"{withheld} image(s) flagged by the provider were withheld (server setting)."] if withheld else []
-        return uploads, tuple(metas), notes
-
-    # ------------------------------------------------------------------------------------------- recovery
-    async def resume_all(self) -> None:
-        """After a restart: keep polling jobs the provider accepted; end the rest with a clear message."""
-        for record in await self.bot.storage.unfinished_jobs():
-            try:
-                await self._resume(record)
-            except Exception:
-                log.exception("could not resume job %s", record.id)
-
-    async def _resume(self, record: JobRecord) -> None:
-        request = request_from_json(record.request)
-        context = JobContext(
-            record.user_id, record.guild_id, record.channel_id, record.channel_nsfw,
-            await self.bot.spoiler_flagged(record.guild_id, record.channel_nsfw),
-        )
-        target = ReplyTarget(
-            record.application_id, record.interaction_token, record.token_expires_at or 0.0, record.channel_id,
-            record.reply_message_id or 0, record.user_id,
-        )
-        reply = LiveReply(self.bot, target, min_interval=self.bot.edit_interval)
-        if not record.reply_message_id:
-            reply.gone = True
-        stored = await self.bot.storage.load_inputs(record.id)
-        if stored is None:
-            await self._deliver(record.id, request, context, reply, None, ())
-            return
-        handle = Handle.from_json(record.handle) if record.handle else None
-        if handle is not None and handle.provider != "local":
-            log.info("resuming job %s at %s", record.id, handle.provider)
-            self.spawn(self._run(record.id, request, context, reply, record.created_at, (), handle=handle))
-            return
-        if record.status == State.QUEUED.value or record.provider == "local":
-            # Never sent (or local, which costs nothing): safe to submit again.
-            prepared = await self.bot.service.prepare_again(request, JobInputs(*stored))
-            log.info("resubmitting job %s that had not reached %s", record.id, record.provider)
-            self.spawn(self._run(record.id, request, context, reply, record.created_at, (), job=prepared.job))
-            return
-        message = (
-            "The bot restarted while this job was being submitted, so we cannot tell whether the provider got "
-            "it. It was not sent again (to avoid paying twice): press Rerun to try again."
-        )
-        await self.bot.storage.update_job(
-            record.id, status=State.FAILED.value, error=message, finished_at=time.time(), interaction_token=None
-        )
-        embed = rendering.failure_embed(request, State.FAILED, message, job_id=record.id)
-        await reply.final(Edit(embed=embed, view=buttons.failed_view(record.id), files=[]))
-
 
     # -------------------------------------------------------------------------------------- button actions
     async def rerun(self, interaction: discord.Interaction, record: JobRecord) -> None:
@@ -448,7 +252,7 @@ class JobFlow:
         if stored is None:
             raise UserError("The pictures of this job are no longer stored, so it cannot be rerun.")
         inputs = JobInputs(*stored)
-        await self._again(interaction, request, lambda r: self.bot.service.prepare_again(r, inputs))
+        await self._again(interaction, request, lambda r: self.bot.service.prepare(r, inputs))
 
     async def reuse(
         self, interaction: discord.Interaction, record: JobRecord, index: int, prompt: str, region: str | None
@@ -484,9 +288,12 @@ class JobFlow:
         self,
         interaction: discord.Interaction,
         request: FillRequest | EditRequest,
-        prepare: Callable[[FillRequest | EditRequest], Coroutine[Any, Any, Prepared]],
+        prepare: Load,
     ) -> None:
         """Start a follow-up job under today's server rules: admission, safety and a fresh seed."""
+        await self.start(interaction, lambda: self._decide_again(interaction, request), prepare)
+
+    async def _decide_again(self, interaction: discord.Interaction, request: Request) -> tuple[Request, Admission]:
         admission = await self.admit(
             interaction, provider=request.spec.provider, operation=request.spec.operation, prompt=request.prompt,
             outputs=request.params.get("outputs"),
@@ -503,7 +310,7 @@ class JobFlow:
                 admission.provider, admission.prompt, user_params, delivery=request.delivery,
                 internal=admission.internal,
             )
-        await self.start(interaction, again, admission, lambda: prepare(again))
+        return again, admission
 
     async def delete_result(self, interaction: discord.Interaction, job_id: str) -> None:
         await interaction.response.defer()
@@ -553,3 +360,7 @@ class JobFlow:
 def _is_internal(request: FillRequest | EditRequest, name: str) -> bool:
     spec = request.spec.field(name)
     return spec is not None and spec.internal
+
+
+async def setup(bot: FillBot) -> None:
+    await bot.add_cog(JobFlow(bot))

@@ -6,6 +6,10 @@
   through the channel (the bot authored the message), and if that is impossible we post a new message that
   mentions the requester.
 - A reply the user deleted (404) ends the updates quietly: `gone` becomes True and nothing is retried.
+- The final edit says whether it was shown (`Shown`): a Discord outage (5xx, no connection) is worth retrying
+  later; anything Discord refuses for good is not.
+- A reply whose message id is not known yet (the bot stopped before recording it) is the interaction's
+  "@original" while its token lives.
 """
 
 from __future__ import annotations
@@ -17,8 +21,10 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
+import aiohttp
 import discord
 
 log = logging.getLogger(__name__)
@@ -28,6 +34,12 @@ _TOKEN_MARGIN = 30  # stop using a token this long before Discord expires it
 _UNKNOWN_MESSAGE = 10008
 _UNKNOWN_WEBHOOK = 10015
 _INVALID_WEBHOOK_TOKEN = 50027
+
+
+class Shown(Enum):
+    SHOWN = "shown"
+    GONE = "gone"  # deleted, or Discord refuses it for good: nothing more can be shown there
+    RETRY = "retry"  # Discord could not be reached or had an outage: try again later
 
 
 @dataclass(frozen=True)
@@ -84,7 +96,7 @@ class LiveReply:
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush_later())
 
-    async def final(self, edit: Edit) -> discord.Message | None:
+    async def final(self, edit: Edit) -> Shown:
         """Show the final state now (after any edit in flight), replacing pending states.
 
         The throttle is for status chatter; the one final edit goes out at once (discord.py still honours a
@@ -105,26 +117,31 @@ class LiveReply:
         if edit is not None:
             await self._send(edit)
 
-    async def _send(self, edit: Edit) -> discord.Message | None:
+    async def _send(self, edit: Edit) -> Shown:
         async with self._lock:
             if self.gone:
-                return None
+                return Shown.GONE
             try:
-                return await self._edit(edit)
+                return _shown(await self._edit(edit))
             except discord.NotFound as exc:
                 if exc.code in (_UNKNOWN_WEBHOOK, _INVALID_WEBHOOK_TOKEN) and not self._redirected:
                     self._redirected = True  # the token died early: fall back to the channel
-                    return await self._edit_via_channel(edit)
+                    return _shown(await self._edit_via_channel(edit))
                 log.info("reply %s was deleted; stopping its updates", self.target.message_id)
                 self.gone = True
+                return Shown.GONE
             except discord.HTTPException as exc:
                 if exc.code == _INVALID_WEBHOOK_TOKEN and not self._redirected:
                     self._redirected = True
-                    return await self._edit_via_channel(edit)
+                    return _shown(await self._edit_via_channel(edit))
                 log.warning("could not edit reply %s: %s %s", self.target.message_id, exc.status, exc.text)
+                return Shown.RETRY if exc.status >= 500 else Shown.GONE
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                log.warning("could not reach Discord to edit reply %s: %s", self.target.message_id,
+                            type(exc).__name__)
+                return Shown.RETRY
             finally:
                 self._last = time.monotonic()
-            return None
 
     def _token_usable(self) -> bool:
         return (
@@ -133,11 +150,15 @@ class LiveReply:
             and time.time() < self.target.token_expires_at - _TOKEN_MARGIN
         )
 
-    async def _edit(self, edit: Edit) -> discord.Message:
+    async def _edit(self, edit: Edit) -> discord.Message | None:
         if self._token_usable():
             assert self.target.token is not None
             webhook = discord.Webhook.partial(self.target.application_id, self.target.token, client=self.client)
-            return await webhook.edit_message(self.target.message_id, **_kwargs(edit))
+            # "@original" is the interaction's own reply, for a job whose message id was never recorded.
+            message_id: Any = self.target.message_id or "@original"
+            return await webhook.edit_message(message_id, **_kwargs(edit))
+        if not self.target.message_id:
+            return await self._post_new(edit)  # no token and no known message: a new message it is
         return await self._edit_via_channel_raw(edit)
 
     async def _edit_via_channel_raw(self, edit: Edit) -> discord.Message:
@@ -176,6 +197,10 @@ class LiveReply:
             self.target.application_id, None, 0.0, self.target.channel_id, message.id, self.target.user_id
         )
         return message
+
+
+def _shown(message: discord.Message | None) -> Shown:
+    return Shown.SHOWN if message is not None else Shown.GONE
 
 
 def _kwargs(edit: Edit) -> dict[str, Any]:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 
 import discord
 
-from bot.jobs import JobUpdate
+from bot.lifecycle.sink import Progress
 from bot.lifecycle.states import State
 from bot.params import EditRequest, FillRequest, Value
 
@@ -24,7 +23,9 @@ COLOUR_FAILED = discord.Colour.red()
 COLOUR_STOPPED = discord.Colour.light_grey()
 
 _STATE_TEXT = {
+    State.PREPARING: "⏳ Preparing",
     State.QUEUED: "⏳ Queued",
+    State.SUBMITTING: "📨 Sending",
     State.STARTING: "📨 Submitted",
     State.RUNNING: "🎨 Running",
     State.SUCCEEDED: "✅ Done",
@@ -49,7 +50,7 @@ def state_title(state: State) -> str:
 
 
 def status_embed(
-    request: FillRequest | EditRequest, update: JobUpdate, *, started_at: float, notices: tuple[str, ...] = ()
+    request: FillRequest | EditRequest, update: Progress, *, started_at: float, notices: tuple[str, ...] = ()
 ) -> discord.Embed:
     """The live status: state, queue position or percentage (only when reported), elapsed time."""
     title = state_title(update.state)
@@ -118,7 +119,3 @@ def parameters_text(request: FillRequest | EditRequest, extra: Mapping[str, Valu
         lines.append(f"**{name}:** `{value}`")
     prompt = truncate(request.prompt, CONTENT_MAX - sum(len(line) + 1 for line in lines) - 20)
     return truncate("\n".join([f"**Prompt:** {prompt}", *lines]), CONTENT_MAX)
-
-
-def now() -> float:
-    return time.time()

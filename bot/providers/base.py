@@ -6,6 +6,7 @@ snapshots. The job engine owns timing (poll cadence, deadlines, queueing); provi
 
 from __future__ import annotations
 
+import asyncio
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -87,6 +88,12 @@ class Provider(ABC):
     @abstractmethod
     async def poll(self, handle: Handle) -> Status:
         """Look at the job once (GETs may retry transient faults internally)."""
+
+    async def settle(self, handle: Handle) -> None:
+        """Return when there may be news of the job; the caller bounds the wait with its poll delay. Remote
+        providers have no signal of their own (this waits until cancelled); one that can tell sooner (the local
+        provider) overrides it."""
+        await asyncio.Event().wait()
 
     async def cancel(self, handle: Handle) -> None:
         """Best-effort cancel; providers without a cancel endpoint do nothing."""

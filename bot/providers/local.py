@@ -92,6 +92,12 @@ class LocalProvider(Provider):
             raw_status="succeeded",
         )
 
+    async def settle(self, handle: Handle) -> None:
+        """The job is a task in this process: its end is news at once (no polling delay)."""
+        task = self._tasks.get(handle.job_id)
+        if task is not None:
+            await asyncio.wait({task})
+
     async def cancel(self, handle: Handle) -> None:
         task = self._tasks.pop(handle.job_id, None)
         if task is not None:

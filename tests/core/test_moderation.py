@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from bot.guild_settings import GuildSettings
+from bot.lifecycle.states import State
 from bot.moderation import (
     FilterResult,
     LimitDecision,
@@ -189,6 +190,7 @@ def job(job_id: str, *, user_id: int, guild_id: int | None = GUILD, status: str 
     return JobRecord(
         id=job_id, kind="edit", user_id=user_id, guild_id=guild_id, channel_id=1, provider="replicate",
         model="black-forest-labs/flux-kontext-dev", request="{}", prompt="p", application_id=2, status=status,
+        owner="me", delivered_at=1.0 if State(status).terminal else None,
     )
 
 
@@ -202,7 +204,10 @@ async def test_admit_reads_storage(store: Storage, clock: Clock) -> None:
     busy = await admit(store, settings, 1, GUILD, clock.now)
     assert not busy.allowed and "running" in busy.message
     assert (await admit(store, settings, 2, GUILD, clock.now)).allowed  # someone else is not held up
-    await store.update_job("a", status="succeeded")
+    await store.move_job("a", "me", State.SUBMITTING)
+    await store.move_job("a", "me", State.RUNNING)
+    await store.store_outputs("a", "me", [(b"out", False)])  # succeeded: no longer running, uses the quota
+    await store.mark_delivered("a", "me")
     await store.create_job(job("b", user_id=1, status="failed"), b"i", None)  # failures use no quota
     clock.now += 60
     assert (await admit(store, settings, 1, GUILD, clock.now)).allowed

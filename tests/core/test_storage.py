@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.storage import JobRecord, Migration, OutputMeta, Storage, load_migrations
+from bot.lifecycle.states import IllegalMove, State
+from bot.storage import JobRecord, Migration, NotOwner, OutputMeta, Storage, load_migrations
 
 DAY = 86_400.0
 T0 = 1_700_000_000.0
@@ -25,11 +26,18 @@ class Clock:
         self.now += seconds
 
 
-def job(job_id: str, *, user_id: int = 1, guild_id: int | None = 10, status: str = "queued") -> JobRecord:
+def job(
+    job_id: str, *, user_id: int = 1, guild_id: int | None = 10, status: str = "queued", owner: str | None = "me",
+    lease_until: float | None = T0 + 30,
+) -> JobRecord:
+    """A job as some process left it; jobs in an outcome state count as delivered (the usual end)."""
+    ended = State(status).terminal
     return JobRecord(
         id=job_id, kind="fill", user_id=user_id, guild_id=guild_id, channel_id=100, provider="bfl",
         model="flux-pro-1.0-fill", request='{"prompt": "a cat"}', prompt="a cat", application_id=999,
-        status=status, interaction_token="tok", token_expires_at=T0 + 900,
+        status=status, interaction_token=None if ended else "tok", token_expires_at=T0 + 900,
+        owner=None if ended else owner, lease_until=None if ended else lease_until,
+        delivered_at=T0 if ended else None,
     )
 
 
@@ -47,27 +55,28 @@ async def store(clock: Clock) -> AsyncIterator[Storage]:
 async def test_migrations_apply_once_and_reopen_cleanly(tmp_path: Path) -> None:
     path = tmp_path / "data" / "nested" / "bot.db"  # the folder does not exist yet
     async with await Storage.open(path) as storage:
-        assert await storage.applied_migrations() == [1]
+        assert await storage.applied_migrations() == [1, 2]
         await storage.create_job(job("j1"), b"img", None)
     async with await Storage.open(path) as storage:
-        assert await storage.applied_migrations() == [1]
+        assert await storage.applied_migrations() == [1, 2]
         assert (await storage.get_job("j1")) is not None
+        assert await storage.load_inputs("j1") == (b"img", None)
     with sqlite3.connect(path) as raw:
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert raw.execute("SELECT COUNT(*) FROM schema_migrations").fetchone()[0] == 1
+        assert raw.execute("SELECT COUNT(*) FROM schema_migrations").fetchone()[0] == 2
 
 
 async def test_new_migration_applies_on_reopen_and_a_failing_one_rolls_back(tmp_path: Path) -> None:
     path = tmp_path / "bot.db"
     base = load_migrations()
-    assert [(m.version, m.name) for m in base] == [(1, "initial")]
-    async with await Storage.open(path):  # first start: 001 only
+    assert [(m.version, m.name) for m in base] == [(1, "initial"), (2, "lifecycle")]
+    async with await Storage.open(path):  # first start: the shipped migrations
         pass
-    extra = Migration(2, "notes", "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT); -- a; comment\n"
+    extra = Migration(3, "notes", "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT); -- a; comment\n"
                                   "INSERT INTO notes (body) VALUES ('x;y');")
     async with await Storage.open(path, migrations=(*base, extra)) as storage:
-        assert await storage.applied_migrations() == [1, 2]
-    broken = Migration(3, "broken", "CREATE TABLE half (id INTEGER); INSERT INTO missing VALUES (1);")
+        assert await storage.applied_migrations() == [1, 2, 3]
+    broken = Migration(4, "broken", "CREATE TABLE half (id INTEGER); INSERT INTO missing VALUES (1);")
     with pytest.raises(sqlite3.OperationalError):
         await Storage.open(path, migrations=(*base, extra, broken))
     with sqlite3.connect(path) as raw:
@@ -99,49 +108,96 @@ async def test_create_job_is_one_transaction(store: Storage) -> None:
     await store.create_job(job("j2"), b"ok", None)
 
 
-async def test_update_job_lifecycle(store: Storage, clock: Clock) -> None:
-    await store.create_job(job("j1"), b"img", None)
+async def test_upgrade_from_the_first_schema_keeps_jobs_and_their_meaning(tmp_path: Path) -> None:
+    """A database written by the first version: running jobs stay resumable, a create in flight is never resent,
+    finished jobs count as delivered, inputs survive the table rebuild."""
+    path = tmp_path / "old.db"
+    first = [m for m in load_migrations() if m.version == 1]
+    async with await Storage.open(path, migrations=first):
+        pass
+    with sqlite3.connect(path) as raw:
+        for job_id, status, handle in (("run", "running", '{"provider": "bfl", "job_id": "x"}'),
+                                       ("sent", "starting", None), ("done", "succeeded", None)):
+            raw.execute(
+                "INSERT INTO jobs (id, kind, user_id, channel_id, provider, model, status, handle, request, prompt, "
+                "application_id, created_at, updated_at, finished_at) VALUES (?, 'fill', 1, 2, 'bfl', 'm', ?, ?, "
+                "'{}', 'p', 3, 10, 11, 12)", (job_id, status, handle))
+            raw.execute("INSERT INTO job_inputs (job_id, original) VALUES (?, x'01')", (job_id,))
+    async with await Storage.open(path) as storage:
+        run, sent, done = [await storage.get_job(j) for j in ("run", "sent", "done")]
+        assert run is not None and run.state is State.RUNNING and run.delivered_at is None
+        assert sent is not None and sent.state is State.SUBMITTING  # it may exist: never submitted again
+        assert done is not None and done.delivered_at == 12
+        assert await storage.load_inputs("run") == (b"\x01", None)
+
+
+async def test_the_owner_moves_a_job_forward_only(store: Storage, clock: Clock) -> None:
+    await store.create_job(job("j1", status="preparing"))
+    await store.queue_job("j1", "me", b"img", b"mask", ["note"])
+    queued = await store.get_job("j1")
+    assert queued is not None and queued.state is State.QUEUED and queued.notices == ("note",)
+    assert await store.load_inputs("j1") == (b"img", b"mask")
     clock.advance(5)
-    running = await store.update_job("j1", status="running", handle='{"provider": "bfl", "job_id": "x"}')
-    assert running is not None
-    assert (running.status, running.updated_at, running.finished_at) == ("running", T0 + 5, None)
-    assert running.interaction_token == "tok"
+    await store.move_job("j1", "me", State.SUBMITTING)
+    running = await store.move_job("j1", "me", State.RUNNING, handle='{"provider": "bfl", "job_id": "x"}')
+    assert (running.state, running.updated_at, running.finished_at) == (State.RUNNING, T0 + 5, None)
+    with pytest.raises(IllegalMove):
+        await store.move_job("j1", "me", State.QUEUED)  # a stale update never moves a job back
+    with pytest.raises(NotOwner):
+        await store.move_job("j1", "another process", State.FAILED)
     clock.advance(10)
-    outputs = (OutputMeta("fill-1.png", 512, 384, False, 1234), OutputMeta("fill-2.png", 512, 384, True, 99))
-    done = await store.update_job("j1", status="succeeded", outputs=outputs, seed=42, reply_message_id=555)
-    assert done is not None
-    assert done.outputs == outputs and done.seed == 42 and done.reply_message_id == 555
-    assert done.finished_at == T0 + 15 and done.interaction_token is None  # token cleared when the job ends
-    assert done.finished
-    clock.advance(1)
-    late = await store.update_job("j1", status="running")  # a late poll after the end
-    assert late is not None and late.status == "succeeded" and late.finished_at == T0 + 15
-    assert await store.update_job("missing", status="failed") is None
+    await store.store_outputs("j1", "me", [(b"out-1", False), (b"out-2", True)])
+    done = await store.get_job("j1")
+    assert done is not None and done.state is State.SUCCEEDED and done.finished_at == T0 + 15
+    assert done.delivered_at is None and done.interaction_token == "tok"  # still needed to show it
+    assert await store.load_outputs("j1") == [(b"out-1", False), (b"out-2", True)]
+    with pytest.raises(IllegalMove):
+        await store.move_job("j1", "me", State.FAILED)  # outcomes are final
+    outputs = (OutputMeta("fill-1.png", 512, 384, False, 1234),)
+    await store.mark_delivered("j1", "me", outputs=outputs)
+    shown = await store.get_job("j1")
+    assert shown is not None and shown.delivered_at == T0 + 15 and shown.outputs == outputs
+    assert shown.interaction_token is None and shown.owner is None
+    assert await store.load_outputs("j1") == []  # the outputs were only kept until delivery
+    assert await store.load_inputs("j1") == (b"img", b"mask")  # Rerun still works
 
 
-async def test_update_job_refuses_unknown_columns_and_bad_values(store: Storage) -> None:
+async def test_update_job_only_changes_what_front_ends_own(store: Storage) -> None:
     await store.create_job(job("j1"), b"img", None)
-    with pytest.raises(TypeError, match="user_id"):
-        await store.update_job("j1", user_id=2)
-    with pytest.raises(ValueError, match="status"):
-        await store.update_job("j1", status="exploded")
-    with pytest.raises(TypeError):
-        await store.update_job("j1", outputs=[{"filename": "x"}])
+    for field in ("user_id", "status", "handle", "outputs"):
+        with pytest.raises(TypeError, match=field):
+            await store.update_job("j1", **{field: "x"})
     with pytest.raises(TypeError):
         await store.update_job("j1", reply_message_id="555")
-    unchanged = await store.get_job("j1")
-    assert unchanged is not None and unchanged.status == "queued"
+    updated = await store.update_job("j1", reply_message_id=555)
+    assert updated is not None and updated.reply_message_id == 555 and updated.status == "queued"
 
 
-async def test_unfinished_and_recent_jobs(store: Storage, clock: Clock) -> None:
-    for n, status in enumerate(["running", "succeeded", "queued", "starting", "failed"]):
-        await store.create_job(job(f"j{n}", status=status), b"img", None)
-        clock.advance(1)
-    await store.create_job(job("other", user_id=2), b"img", None)
-    assert [j.id for j in await store.unfinished_jobs()] == ["j0", "j2", "j3", "other"]
-    assert [j.id for j in await store.recent_jobs(1, limit=3)] == ["j4", "j3", "j2"]
-    assert await store.active_jobs(1) == 3
-    assert await store.active_jobs(2) == 1
+async def test_leases_decide_who_runs_a_job(store: Storage, clock: Clock) -> None:
+    await store.create_job(job("mine", lease_until=T0 + 30))
+    await store.create_job(job("orphan", owner="dead", lease_until=T0 - 1))
+    await store.create_job(job("done", status="succeeded"))
+    assert [j.id for j in await store.claimable_jobs("discord")] == ["orphan"]
+    assert await store.claim_job("mine", "other", T0 + 60) is None  # its owner keeps renewing
+    taken = await store.claim_job("orphan", "other", T0 + 60)
+    assert taken is not None and taken.owner == "other"
+    assert await store.claim_job("orphan", "third", T0 + 60) is None  # only one process gets it
+    assert await store.renew_leases("me", ["mine", "orphan"], T0 + 90) == {"mine"}
+    assert await store.active_jobs(1) == 2
+    clock.advance(100)  # every owner stopped renewing: their jobs hold no slot until taken over
+    assert await store.active_jobs(1) == 0
+    await store.release_jobs("other", ["orphan"])
+    assert [j.id for j in await store.claimable_jobs("discord")] == ["mine", "orphan"]
+    assert await store.claimable_jobs("cli") == []
+
+
+async def test_cancel_requests_reach_whoever_runs_the_job(store: Storage) -> None:
+    await store.create_job(job("j1"))
+    await store.create_job(job("ended", status="failed"))
+    assert not await store.cancel_requested("j1")
+    assert await store.request_cancel("j1")
+    assert await store.cancel_requested("j1")
+    assert not await store.request_cancel("ended")
 
 
 async def test_counts_for_quotas(store: Storage, clock: Clock) -> None:
@@ -186,9 +242,7 @@ async def test_purge_by_age(store: Storage, clock: Clock) -> None:
     clock.advance(10 * DAY)
     await store.create_job(job("week-old", status="succeeded"), b"i", None)
     clock.advance(8 * DAY)
-    await store.create_job(job("fresh", status="queued"), b"i", None)
-    fresh = await store.update_job("fresh", status="moderated")
-    assert fresh is not None
+    await store.create_job(job("fresh", status="moderated"), b"i", None)
 
     assert await store.purge(14) == 1  # "ancient" ended 18 days ago
     assert await store.get_job("ancient") is None

@@ -410,8 +410,9 @@ async def test_limits_hold_under_a_burst_of_50(
         await h.wait_for(lambda: fake_replicate.count("POST", "create") >= 3, timeout=10)
         await h.wait_for(lambda: all(h.original(s) is not None for s in sent), timeout=10)
 
-        accepted = [s for s in sent if not h.original(s).ephemeral]  # type: ignore[union-attr]
-        refusals = [h.ephemeral_text(s) for s in sent if h.original(s).ephemeral]  # type: ignore[union-attr]
+        # Refused jobs: the public "thinking" reply is gone and the reason went only to the member.
+        accepted = [s for s in sent if not h.original(s).deleted]  # type: ignore[union-attr]
+        refusals = [h.ephemeral_text(s) for s in sent if h.original(s).deleted]  # type: ignore[union-attr]
         assert len(accepted) == 3
         assert len(refusals) == 47 and all(refusal in t for t in refusals), set(refusals)
         if "daily_quota_per_user" in limits:
@@ -607,7 +608,7 @@ async def test_job_submitting_at_restart_ends_with_rerun_message(
 
         async def submitting() -> bool:
             jobs = await store(h).recent_jobs(MEMBER.id)
-            return bool(jobs) and jobs[0].status == "starting" and fake_replicate.count("POST", "create") == 1
+            return bool(jobs) and jobs[0].status == "submitting" and fake_replicate.count("POST", "create") == 1
 
         await h.wait_for(submitting, timeout=10, message="the create request is in flight")
         assert (await store(h).recent_jobs(MEMBER.id))[0].handle is None
@@ -615,8 +616,8 @@ async def test_job_submitting_at_restart_ends_with_rerun_message(
 
         message = await finished(h, sent)
         assert message.embeds[0]["title"].startswith("❌")
-        assert "restarted while this job was being submitted" in message.text
-        assert "press Rerun" in message.text
+        assert "restarted while this job was being sent" in message.text
+        assert "you may be charged once" in message.text and "Press Rerun" in message.text
         assert any(i.startswith("fill:rerun:") for i in message.custom_ids())
         assert fake_replicate.count("POST", "create") == 1  # not sent again: it may exist and bill
         record = await store(h).get_job(job_id(message))
