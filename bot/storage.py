@@ -229,8 +229,11 @@ class Storage:
         *,
         clock: Callable[[], float] = time.time,
         migrations: Sequence[Migration] | None = None,
+        busy_timeout: float = 5.0,
     ) -> Storage:
-        """Open (creating the file and its folder on first start) and bring the schema up to date."""
+        """Open (creating the file and its folder on first start) and bring the schema up to date.
+
+        `busy_timeout`: how long one statement waits for a lock another process holds before it fails."""
         target = str(path)
         in_memory = target == ":memory:"
         if not in_memory:
@@ -239,7 +242,7 @@ class Storage:
         try:
             db.row_factory = sqlite3.Row
             await db.execute("PRAGMA foreign_keys = ON")
-            await db.execute("PRAGMA busy_timeout = 5000")
+            await db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
             if not in_memory:
                 # WAL lets readers (a backup, sqlite3 shell) work while the bot writes.
                 await db.execute("PRAGMA journal_mode = WAL")
