@@ -191,8 +191,8 @@ class BotRig:
             await asyncio.wait(handlers, timeout=max(1.0, deadline - time.monotonic()))
         runner = self.bot.lifecycle.runner
         try:
-            async with asyncio.timeout(max(0.1, deadline - time.monotonic())), runner.finished:
-                await runner.finished.wait_for(lambda: not runner.live)
+            async with asyncio.timeout(max(0.1, deadline - time.monotonic())):
+                await runner.wait_until(lambda: not runner.live)
         except TimeoutError:
             raise TimeoutError(f"{len(runner.live)} jobs still running after {limit:.0f} s") from None
 

@@ -435,13 +435,13 @@ class Storage:
     async def mark_delivered(
         self, job_id: str, owner: str, *, outputs: Sequence[OutputMeta] = (), error: str | None = None
     ) -> None:
-        """The front end showed the outcome: forget the token and the outputs, release the job."""
+        """The front end showed the outcome: forget the token and the outputs; the job needs no lease any more."""
         async with self._transaction():
             await self._owned(job_id, owner)
             now = self._clock()
             await self._execute(
                 "UPDATE jobs SET delivered_at = ?, interaction_token = NULL, outputs = ?, "
-                "error = COALESCE(?, error), owner = NULL, lease_until = NULL, updated_at = ? WHERE id = ?",
+                "error = COALESCE(?, error), lease_until = NULL, updated_at = ? WHERE id = ?",
                 (now, _encode_outputs(outputs), error, now, job_id),
             )
             await self._execute("DELETE FROM job_outputs WHERE job_id = ?", (job_id,))

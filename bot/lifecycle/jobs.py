@@ -85,7 +85,7 @@ class Lifecycle:
         """Stop; hand this process's jobs back at once so the next process need not wait for their leases."""
         if self._keeper is not None:
             await self._keeper.stop()
-        mine = list(self.runner.live)
+        mine = sorted(self.store.held)
         await self.runner.aclose()
         try:
             await self.store.release(mine)

@@ -79,9 +79,7 @@ class Keeper:
             await asyncio.sleep(self.interval)
 
     async def renew(self) -> None:
-        mine = list(self.runner.live)
-        kept = await self.store.renew(mine)
-        for job_id in set(mine) - kept:
+        for job_id in await self.store.renew():
             log.warning("job %s was taken over by another process", job_id)
             self.runner.drop(job_id)
 
@@ -89,8 +87,8 @@ class Keeper:
         """Claim and resume the jobs nobody holds; returns how many were taken."""
         taken = 0
         for record in await self.store.claimable(self.front):
-            if record.id in self.runner.live:
-                continue
+            if record.id in self.store.held:
+                continue  # ours (being prepared or delivered): its lease is renewed with the others
             claimed = await self.store.claim(record.id)
             if claimed is None:
                 continue  # another process was quicker

@@ -121,7 +121,7 @@ class Runner:
         self.live: dict[str, LiveJob] = {}
         self._queues = {name: SlotQueue(concurrency.get(name, 4)) for name in service.providers}
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self.finished = asyncio.Condition()  # notified whenever a job leaves this process (tests, CLI)
+        self._left = asyncio.Event()  # set whenever a job leaves this process
 
     # --------------------------------------------------------------------------------------------- entry
     def start(self, record: JobRecord, sink: JobSink, *, job: ProviderJob | None = None) -> LiveJob:
@@ -129,6 +129,7 @@ class Runner:
         provider job of a fresh `queued` job (a resumed one is prepared again from its stored pictures)."""
         live = LiveJob(record, request_from_json(record.request), sink, record.state)
         self.live[record.id] = live
+        self.store.held.add(record.id)
         task = asyncio.create_task(self._drive(live, job), name=f"job-{record.id}")
         self._tasks[record.id] = task
         return live
@@ -143,8 +144,13 @@ class Runner:
 
     async def wait(self, job_id: str) -> None:
         """Until the job has left this process (delivered, handed back, or taken over)."""
-        async with self.finished:
-            await self.finished.wait_for(lambda: job_id not in self.live)
+        await self.wait_until(lambda: job_id not in self.live)
+
+    async def wait_until(self, done: Callable[[], bool]) -> None:
+        """Until `done()` holds, checked each time a job leaves this process."""
+        while not done():
+            self._left.clear()
+            await self._left.wait()
 
     def drop(self, job_id: str) -> None:
         """Stop working on a job another process has taken over (its lease was lost)."""
@@ -161,25 +167,25 @@ class Runner:
     # --------------------------------------------------------------------------------------------- drive
     async def _drive(self, live: LiveJob, job: ProviderJob | None) -> None:
         try:
-            ending = await self._advance(live, job)
-        except _Stop as stop:
-            ending = stop.ending
-        except NotOwner:
-            log.info("job %s was taken over by another process; stopping here", live.id)
-            await self._leave(live)
-            return
-        except StoreUnavailable:
-            await self._stop_at_provider(live)
-            ending = Ending(live.id, State.FAILED, store_failure_message(live.state), live.elapsed())
-            await self._show_unrecorded(live, ending)
-            return
-        except asyncio.CancelledError:
-            await self._leave(live)
-            raise
-        except Exception:
-            log.exception("job %s crashed (provider %s, user %s)", live.id, live.record.provider, live.record.user_id)
-            ending = await self._end_quietly(live, State.FAILED, MSG_BUG)
-        await self._hand_over(live, ending)
+            try:
+                ending = await self._advance(live, job)
+            except _Stop as stop:
+                ending = stop.ending
+            except NotOwner:
+                log.info("job %s was taken over by another process; stopping here", live.id)
+                return
+            except StoreUnavailable:
+                await self._stop_at_provider(live)
+                ending = Ending(live.id, State.FAILED, store_failure_message(live.state), live.elapsed())
+                await self._show_unrecorded(live, ending)
+                return
+            except Exception:
+                log.exception("job %s crashed (provider %s, user %s)", live.id, live.record.provider,
+                              live.record.user_id)
+                ending = await self._end_quietly(live, State.FAILED, MSG_BUG)
+            await self._hand_over(live, ending)
+        finally:
+            self._leave(live)
 
     async def _advance(self, live: LiveJob, job: ProviderJob | None) -> Ending:
         """From the stored state to an ending; each branch is where a restart picks the job up."""
@@ -414,7 +420,6 @@ class Runner:
                         type(exc).__name__)
         except Exception:
             log.exception("job %s: delivery failed", live.id)
-        await self._leave(live)
 
     async def _show_unrecorded(self, live: LiveJob, ending: Ending) -> None:
         """Tell the person even though nothing can be recorded; the lease lapses and a later owner finishes the
@@ -423,10 +428,9 @@ class Runner:
             await live.sink.deliver(ending)
         except Exception:
             log.exception("job %s: could not show the database failure", live.id)
-        await self._leave(live)
 
-    async def _leave(self, live: LiveJob) -> None:
+    def _leave(self, live: LiveJob) -> None:
         self.live.pop(live.id, None)
         self._tasks.pop(live.id, None)
-        async with self.finished:
-            self.finished.notify_all()
+        self.store.held.discard(live.id)
+        self._left.set()

@@ -8,6 +8,7 @@ for a few seconds; after that `StoreUnavailable` tells the runner to end the job
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import socket
@@ -51,6 +52,7 @@ class JobStore:
         self.attempts = attempts
         self.first_delay = first_delay
         self.clock = clock
+        self.held: set[str] = set()  # jobs this process owns: being prepared, running or being delivered
 
     def lease_until(self) -> float:
         return self.clock() + self.lease
@@ -70,12 +72,15 @@ class JobStore:
 
     async def record(self, record: JobRecord) -> JobRecord:
         """Record an admitted job as `preparing`, owned by this process."""
-        owned = JobRecord(**{**record.__dict__, "status": State.PREPARING.value, "owner": self.owner,
-                             "lease_until": self.lease_until()})
-        return await self._retry("record job", lambda: self.storage.create_job(owned))
+        owned = dataclasses.replace(record, status=State.PREPARING.value, owner=self.owner,
+                                    lease_until=self.lease_until())
+        stored = await self._retry("record job", lambda: self.storage.create_job(owned))
+        self.held.add(stored.id)
+        return stored
 
     async def discard(self, job_id: str) -> None:
         await self._retry("discard job", lambda: self.storage.discard_job(job_id))
+        self.held.discard(job_id)
 
     async def queue(self, job_id: str, original: bytes, mask: bytes | None, notices: Sequence[str]) -> None:
         await self._retry("store inputs", lambda: self.storage.queue_job(job_id, self.owner, original, mask, notices))
@@ -106,14 +111,23 @@ class JobStore:
         return await self.storage.claimable_jobs(front)
 
     async def claim(self, job_id: str) -> JobRecord | None:
-        return await self.storage.claim_job(job_id, self.owner, self.lease_until())
+        claimed = await self.storage.claim_job(job_id, self.owner, self.lease_until())
+        if claimed is not None:
+            self.held.add(job_id)
+        return claimed
 
-    async def renew(self, job_ids: Sequence[str]) -> set[str]:
-        return await self.storage.renew_leases(self.owner, job_ids, self.lease_until())
+    async def renew(self) -> set[str]:
+        """Extend the leases of every job held here; returns the ids another process has taken meanwhile."""
+        mine = sorted(self.held)
+        kept = await self.storage.renew_leases(self.owner, mine, self.lease_until())
+        lost = set(mine) - kept
+        self.held -= lost
+        return lost
 
     async def release(self, job_ids: Sequence[str], *, after: float = 0.0) -> None:
         """Let another process take these jobs: at once, or `after` seconds from now."""
         await self.storage.release_jobs(self.owner, job_ids, until=self.clock() + after if after else None)
+        self.held -= set(job_ids)
 
 
 __all__ = ["JobStore", "NotOwner", "StoreUnavailable", "new_owner_id"]

@@ -286,7 +286,7 @@ async def _no_active(storage: Storage) -> bool:
 # ------------------------------------------------------------------------------------ two processes, one db
 async def test_two_processes_never_run_the_same_job_and_one_takes_over_from_a_dead_one(tmp_path: Path) -> None:
     db = tmp_path / "bot.db"
-    async with FakeReplicate(duration=1.0, honour_wait=False) as fake:
+    async with FakeReplicate(duration=3.0, honour_wait=False) as fake:  # still running when their process dies
         env = replicate_env(fake)
         async with process(db, **env) as survivor:
             taken: list[RecordingSink] = []
@@ -301,6 +301,7 @@ async def test_two_processes_never_run_the_same_job_and_one_takes_over_from_a_de
             doomed = await _start_dying(db, env)
             await asyncio.sleep(1.0)  # longer than a lease: the dying process keeps renewing its own
             assert not taken  # leases held: the survivor keeps its hands off
+            assert all([await _at_provider(survivor, job_id) for job_id in doomed.ids])
             await doomed.die()  # no clean shutdown: its leases are left to run out
             ids = doomed.ids
             for job_id in ids:

@@ -157,7 +157,7 @@ async def test_the_owner_moves_a_job_forward_only(store: Storage, clock: Clock) 
     await store.mark_delivered("j1", "me", outputs=outputs)
     shown = await store.get_job("j1")
     assert shown is not None and shown.delivered_at == T0 + 15 and shown.outputs == outputs
-    assert shown.interaction_token is None and shown.owner is None
+    assert shown.interaction_token is None and shown.lease_until is None
     assert await store.load_outputs("j1") == []  # the outputs were only kept until delivery
     assert await store.load_inputs("j1") == (b"img", b"mask")  # Rerun still works
 

@@ -197,7 +197,7 @@ async def test_fill_with_replicate_shows_live_status_and_delivers(make_bot, pref
 
 
 async def test_fill_with_bfl_delivers_and_reports_its_progress(make_bot) -> None:
-    async with FakeBFL(duration=0.5) as fake:
+    async with FakeBFL(duration=1.5) as fake:
         bot: FillBot = make_bot(BFL_API_KEY=fake.key, BFL_BASE_URL=fake.base_url)
         async with running(bot) as h:
             original = (TESTDATA / "photo_coffee_1024x768.jpg").read_bytes()

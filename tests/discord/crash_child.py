@@ -1,0 +1,77 @@
+"""A real bot process for crash tests: `python -m tests.discord.crash_child CONFIG.json`.
+
+It logs in against the test's fake Discord API (whose address is in the config), caches the test guild as a
+GUILD_CREATE would, feeds the given INTERACTION_CREATE payloads through discord.py's gateway parser, and then
+serves them until it is killed. With `crash_at`, it kills itself with SIGKILL at that point of a job — the way
+a crashed process stops: no `finally`, no clean shutdown, only what is already on disk survives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from discord.http import Route
+
+from bot.app import create_bot
+from bot.config import load_settings
+from bot.service import FillService
+from cogs.live_reply import LiveReply
+
+
+def _die() -> None:
+    sys.stdout.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _kill_before(owner: Any, name: str) -> None:
+    async def crash(*args: Any, **kwargs: Any) -> Any:
+        _die()
+
+    setattr(owner, name, crash)
+
+
+def _kill_after(owner: Any, name: str) -> None:
+    original: Callable[..., Awaitable[Any]] = getattr(owner, name)
+
+    async def crash(*args: Any, **kwargs: Any) -> Any:
+        await original(*args, **kwargs)
+        _die()
+
+    setattr(owner, name, crash)
+
+
+CRASH_POINTS: dict[str, Callable[[], None]] = {
+    "preparing": lambda: _kill_before(FillService, "prepare_fill"),
+    "finishing": lambda: _kill_before(FillService, "finish"),
+    "after-final-edit": lambda: _kill_after(LiveReply, "final"),  # shown, not yet recorded as delivered
+}
+
+
+async def main(config_path: str) -> None:
+    config = json.loads(Path(config_path).read_text())  # noqa: ASYNC240 - once, before anything runs
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    crash_at = config.get("crash_at")
+    if crash_at:
+        CRASH_POINTS[crash_at]()
+    Route.BASE = config["api_base"]
+    bot = create_bot(load_settings(config["env"]), edit_interval=0.05)
+    await bot.login(config["token"])
+    bot._connection._add_guild_from_data(config["guild"])
+    bot._ready.set()
+    bot.dispatch("ready")
+    for payload in config["payloads"]:
+        bot._connection.parsers["INTERACTION_CREATE"](payload)
+    print("dispatched", flush=True)
+    await asyncio.Event().wait()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1]))
