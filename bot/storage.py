@@ -479,14 +479,14 @@ class Storage:
             )
         return {r["id"] for r in rows}
 
-    async def release_jobs(self, owner: str, job_ids: Sequence[str], *, until: float | None = None) -> None:
-        """Let another process (or a later attempt) take these jobs: at once, or once `until` has passed."""
+    async def release_jobs(self, owner: str, job_ids: Sequence[str]) -> None:
+        """Let another process (or a later attempt) take these jobs at once."""
         if not job_ids:
             return
         async with self._transaction():
             await self._execute(
-                f"UPDATE jobs SET lease_until = ? WHERE owner = ? AND id IN ({_placeholders(job_ids)})",
-                (until if until is not None else 0.0, owner, *job_ids),
+                f"UPDATE jobs SET lease_until = 0 WHERE owner = ? AND id IN ({_placeholders(job_ids)})",
+                (owner, *job_ids),
             )
 
     async def request_cancel(self, job_id: str) -> bool:

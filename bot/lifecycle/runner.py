@@ -39,7 +39,6 @@ _BACKOFF = 1.6
 _RUNNING_POLL_CAP = 2.0
 _WAITING_POLL_CAP = 5.0
 MAX_OUTPUTS = 4  # the most any spec allows: more outputs from a provider are dropped, never downloaded
-_RETRY_DELIVERY_AFTER = 30.0
 
 MSG_BUG = "Something went wrong on our side; the error was logged. Please try again."
 MSG_INPUTS_GONE = "The pictures of this job are no longer stored, so it cannot be sent."
@@ -315,6 +314,8 @@ class Runner:
 
     async def _collect(self, live: LiveJob, provider: Provider, status: Status) -> list[tuple[bytes, bool]]:
         if status.state is not State.SUCCEEDED:
+            log.info("job %s ended %s at %s (%s): %s", live.id, status.state, provider.name, status.raw_status,
+                     status.detail or "no detail")
             raise _Stop(await self._end(live, status.state, status.message))
         outputs = status.outputs[:MAX_OUTPUTS]
         if len(status.outputs) > MAX_OUTPUTS:
@@ -413,8 +414,9 @@ class Runner:
             if receipt.done:
                 await self.store.delivered(live.id, receipt.outputs, receipt.note)
             else:
+                # Handed back at once: the next keeper round (a third of a lease later) or `resume` tries again.
                 log.info("job %s: front end could not show the ending yet; retrying later", live.id)
-                await self.store.release([live.id], after=_RETRY_DELIVERY_AFTER)
+                await self.store.release([live.id])
         except (NotOwner, StoreUnavailable) as exc:
             log.warning("job %s: delivered, but not recorded (%s); it may be shown again", live.id,
                         type(exc).__name__)

@@ -124,9 +124,9 @@ class JobStore:
         self.held -= lost
         return lost
 
-    async def release(self, job_ids: Sequence[str], *, after: float = 0.0) -> None:
-        """Let another process take these jobs: at once, or `after` seconds from now."""
-        await self.storage.release_jobs(self.owner, job_ids, until=self.clock() + after if after else None)
+    async def release(self, job_ids: Sequence[str]) -> None:
+        """Let another process (or this one's next keeper round) take these jobs at once."""
+        await self.storage.release_jobs(self.owner, job_ids)
         self.held -= set(job_ids)
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import re
+import signal
 import sys
 from pathlib import Path
 
@@ -107,3 +109,52 @@ def test_bad_setting_exits_2_naming_the_variable(
     monkeypatch.setenv("JOB_DEADLINE", "soon")
     assert main(["fill", str(COFFEE), "--region", "1,1,5,5"]) == 2
     assert "JOB_DEADLINE" in capsys.readouterr().err
+
+
+async def test_interrupted_fill_is_resumed_without_a_second_create(tmp_path: Path) -> None:
+    """Ctrl-C while the provider runs the job, then `fillbot resume`: the job is polled, never sent again."""
+    async with FakeReplicate(duration=3.0, honour_wait=False) as fake:
+        env = {**os.environ, "REPLICATE_API_TOKEN": fake.token, "REPLICATE_BASE_URL": fake.base_url,
+               "POLL_INTERVAL": "0.05", "JOB_LEASE_SECONDS": "0.5"}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot", "fill", str(COFFEE), "--mask", str(COFFEE_MASK), "--prompt", "a red vase",
+            "-o", str(tmp_path / "out"), env=env, cwd=tmp_path,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        async with asyncio.timeout(30):
+            while fake.count("GET", "get") == 0:  # noqa: ASYNC110 - the fake has no event: submitted and polled
+                await asyncio.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = await asyncio.wait_for(proc.communicate(), timeout=30)
+        text = stderr.decode()
+        assert proc.returncode == 130, text
+        match = re.search(r"fillbot resume ([0-9a-f]{12})", text)
+        assert match is not None and "without sending it again" in text, text
+        assert not (tmp_path / "out").exists()
+
+        resumed = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot", "resume", match.group(1), "-o", str(tmp_path / "out"), env=env,
+            cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        _, stderr = await asyncio.wait_for(resumed.communicate(), timeout=60)
+        assert resumed.returncode == 0, stderr.decode()
+        assert len(list((tmp_path / "out").iterdir())) == 1
+        assert fake.count("POST", "create") == 1  # resumed by polling
+        again = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot", "resume", match.group(1), env=env, cwd=tmp_path,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        _, stderr = await asyncio.wait_for(again.communicate(), timeout=60)
+        assert again.returncode == 1 and "already finished" in stderr.decode()
+
+
+def test_results_that_cannot_be_written_are_kept_for_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a directory")
+    code = main(["fill", str(COFFEE), "--mask", str(COFFEE_MASK), "--provider", "local", "-o", str(blocked)])
+    err = capsys.readouterr().err
+    assert code == 1 and "cannot write the results" in err, err
+    match = re.search(r"fillbot resume ([0-9a-f]{12}) -o OTHER_DIR", err)
+    assert match is not None, err
+    assert main(["resume", match.group(1), "-o", str(tmp_path / "elsewhere")]) == 0
+    assert len(list((tmp_path / "elsewhere").iterdir())) == 1
