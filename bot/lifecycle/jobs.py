@@ -3,6 +3,7 @@ and let this process take over jobs left behind by others (`recovery.Keeper`).""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from enum import Enum
 
@@ -10,6 +11,7 @@ from bot.config import Settings
 from bot.lifecycle.recovery import Keeper, SinkFactory
 from bot.lifecycle.runner import Runner
 from bot.lifecycle.sink import JobSink
+from bot.lifecycle.states import State
 from bot.lifecycle.store import JobStore
 from bot.pipeline import Prepared
 from bot.service import FillService
@@ -58,9 +60,7 @@ class Lifecycle:
     async def queue(self, record: JobRecord, prepared: Prepared, sink: JobSink) -> None:
         """Store the prepared pictures (the job is `queued`: safe to send) and run it in the background."""
         await self.store.queue(record.id, prepared.inputs.original, prepared.inputs.mask, prepared.notices)
-        queued = await self.storage.get_job(record.id)
-        if queued is None:
-            raise RuntimeError(f"job {record.id} vanished while it was queued")
+        queued = dataclasses.replace(record, status=State.QUEUED.value, notices=prepared.notices)
         self.runner.start(queued, sink, job=prepared.job)
 
     async def resume(self, job_id: str, sink: JobSink) -> bool:
