@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 
+import aiohttp
 import discord
 from discord.ext import commands, tasks
 
@@ -123,6 +124,21 @@ def create_bot(
 ) -> FillBot:
     """Build the bot and its dependencies without connecting (tests and tools use this too)."""
     return FillBot(settings, service=service, storage=storage, edit_interval=edit_interval, recover=recover)
+
+
+def explain_startup_failure(exc: BaseException) -> str | None:
+    """One line saying what to check, for the failures an operator meets when starting the bot; None for bugs."""
+    if isinstance(exc, discord.LoginFailure):
+        return ("Discord refused DISCORD_TOKEN: it is wrong or was reset. Copy it again from the Developer Portal "
+                "(your application → Bot → Reset Token) into .env.")
+    if isinstance(exc, discord.PrivilegedIntentsRequired):
+        return "Discord refused the bot's intents; this bot needs none of the privileged ones: report this as a bug."
+    if isinstance(exc, discord.HTTPException):
+        return f"Discord answered HTTP {exc.status} at start-up; try again in a few minutes (status.discord.com)."
+    if isinstance(exc, aiohttp.ClientError | OSError | discord.GatewayNotFound | TimeoutError):
+        return (f"Discord could not be reached ({type(exc).__name__}): check this machine's network connection, "
+                "DNS and any proxy or firewall.")
+    return None
 
 
 def run_bot(settings: Settings) -> int:

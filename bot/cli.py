@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+DEFAULT_ENV_FILE = ".env"
+
 
 def _bool(text: str) -> bool:
     lowered = text.lower()
@@ -59,7 +61,7 @@ def _add_model_options(parser: argparse.ArgumentParser, operation: str) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fillbot", description="Discord bot for FLUX inpainting and editing.")
     parser.add_argument("--version", action="version", version=f"fillbot {__version__}")
-    parser.add_argument("--env-file", default=".env", help="settings file to read (default: .env)")
+    parser.add_argument("--env-file", default=DEFAULT_ENV_FILE, help="settings file to read (default: .env)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     sub.add_parser("run", help="start the bot (reads DISCORD_TOKEN and the rest from .env)")
@@ -76,12 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     fill.add_argument("--feather", type=int, default=8, help="soften the blend edge by N pixels")
     fill.add_argument("--no-composite", action="store_true",
                       help="keep the provider's pixels outside the mask too")
-    _add_common(fill)
+    _add_common(fill, "fill")
     _add_model_options(fill, "fill")
 
     edit = sub.add_parser("edit", help="edit IMAGE by instruction with FLUX Kontext, as /edit does")
     edit.add_argument("image", type=Path)
-    _add_common(edit)
+    _add_common(edit, "edit")
     _add_model_options(edit, "edit")
 
     resume = sub.add_parser("resume", help="finish an interrupted fill/edit job without sending it again")
@@ -90,9 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
+def _add_common(parser: argparse.ArgumentParser, operation: str) -> None:
+    able = [name for name in PROVIDER_NAMES if any(s.provider == name and s.operation == operation for s in SPECS)]
     parser.add_argument("--prompt", "-p", default="", help="what should appear / what to change")
-    parser.add_argument("--provider", choices=PROVIDER_NAMES, help="default: DEFAULT_PROVIDER")
+    parser.add_argument("--provider", choices=able, help="default: DEFAULT_PROVIDER")
     parser.add_argument("--format", dest="output_format", default="png", choices=("png", "jpeg", "webp"))
     parser.add_argument("--quality", type=int, default=90, help="1-100, for jpeg and webp")
     parser.add_argument("-o", "--out", type=Path, default=Path("out"), help="directory for the results")
@@ -101,20 +104,20 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.env_file != DEFAULT_ENV_FILE and not Path(args.env_file).is_file():
+            raise ConfigError(f"--env-file {args.env_file!r} does not exist (or is not a file).")
         settings = load_settings(env_file=args.env_file)
     except ConfigError as exc:
         print(f"fillbot: configuration error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command in ("fill", "edit", "resume") and settings.log_level != "DEBUG":
+        # A terminal job prints its own progress; per-request lines from the HTTP clients would drown it.
+        for name in ("httpx", "httpcore", "bot"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     try:
-        if args.command == "run":
-            from bot.app import run_bot
-
-            return run_bot(settings)
-        if args.command == "sync":
-            from bot.app import sync_commands
-
-            return asyncio.run(sync_commands(settings, guild_id=args.guild))
+        if args.command in ("run", "sync"):
+            return _discord_command(settings, args)
         if args.command == "resume":
             return asyncio.run(_resume_job(settings, args))
         return asyncio.run(_run_job(settings, args))
@@ -126,6 +129,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _discord_command(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.app import explain_startup_failure, run_bot, sync_commands
+
+    try:
+        if args.command == "run":
+            return run_bot(settings)
+        return asyncio.run(sync_commands(settings, guild_id=args.guild))
+    except Exception as exc:
+        explained = explain_startup_failure(exc)
+        if explained is None:
+            raise
+        print(f"fillbot: {explained}", file=sys.stderr)
+        return 2 if "DISCORD_TOKEN" in explained else 1
 
 
 def _options(args: argparse.Namespace) -> dict[str, Value | None]:

@@ -180,13 +180,16 @@ CASES: dict[str, Case] = {
 }
 
 
+@pytest.mark.parametrize("strict_followups", [False, True], ids=["followups-outlive", "followups-need-original"])
 @pytest.mark.parametrize("name", list(CASES))
 async def test_hostile_upload_is_refused_before_any_provider_request(
-    make_bot, fake_replicate: FakeReplicate, name: str
+    make_bot, fake_replicate: FakeReplicate, name: str, strict_followups: bool
 ) -> None:
+    """Whichever way Discord treats follow-ups once the public reply is deleted, the refusal arrives."""
     case = CASES[name]
     bot: FillBot = make_bot(REPLICATE_API_TOKEN=fake_replicate.token, REPLICATE_BASE_URL=fake_replicate.base_url)
     async with running(bot) as h:
+        h.fake.followups_need_original = strict_followups
         options = {"prompt": "a cat", "provider": "replicate", **dict(case.options)}
         sent = await h.dispatch(h.slash("fill", options, attachments=case.attachments()), timeout=15)
         text = await refused(h, sent)

@@ -453,6 +453,7 @@ class FakeDiscord:
             "public_flags": 0,
         }
         self.bot_token = bot_token
+        self.followups_need_original = False  # True: follow-ups fail once the original response is deleted
         self.max_upload_bytes = max_upload_bytes
         self.ack_window = ack_window
         self.token_lifetime = token_lifetime
@@ -1234,6 +1235,8 @@ class FakeDiscord:
         inter = self._webhook_interaction(request)
         payload = rec.json if isinstance(rec.json, dict) else {}
         original = self.messages.get(inter.original_id) if inter.original_id is not None else None
+        if self.followups_need_original and original is not None and original.deleted:
+            raise unknown_message()  # seen from Discord: follow-ups to a deleted original answer 404 10008
         if original is not None and original.loading and not original.deleted:
             # The first follow-up after a "thinking" defer replaces the loading message (keeping its
             # ephemerality), as Discord does.
