@@ -8,6 +8,7 @@ happens in `JobFlow.start` after deferring within Discord's 3-second window.
 from __future__ import annotations
 
 import logging
+import re
 from typing import TYPE_CHECKING, Any, Literal
 
 import discord
@@ -54,11 +55,14 @@ def check_attachment(attachment: discord.Attachment, what: str, max_bytes: int) 
         )
 
 
+_MASK_NAME = re.compile(r"(?<![a-z])mask(?![a-z])")  # "mask.png", "photo_mask.png", "Mask-2.png"; not "unmasked"
+
+
 def message_images(message: discord.Message) -> tuple[discord.Attachment | None, discord.Attachment | None]:
-    """The picture (and a mask, if one is named `*mask*`) attached to a message."""
+    """The picture (and a mask, if one is named with the word "mask") attached to a message."""
     pictures = [a for a in message.attachments if (a.content_type or "").startswith("image/") or
                 a.filename.lower().endswith((".png", ".jpg", ".jpeg", ".webp", ".gif"))]
-    masks = [a for a in pictures if "mask" in a.filename.lower()]
+    masks = [a for a in pictures if _MASK_NAME.search(a.filename.lower().rsplit(".", 1)[0])]
     images = [a for a in pictures if a not in masks]
     return (images[0] if images else None), (masks[0] if masks else None)
 
