@@ -228,7 +228,8 @@ class Runner:
             live.position = position
             self._show(live)
 
-        if not await queue.acquire_unless(live.id, at, live.cancel):
+        tenant = (live.record.guild_id, live.record.user_id)
+        if not await queue.acquire_unless(live.id, tenant, at, live.cancel):
             if handle is None:
                 return await self._end(live, State.CANCELED, "Canceled before it was sent to the provider; "
                                        "nothing was charged.")
@@ -242,7 +243,7 @@ class Runner:
             live.handle = handle
             files = await self._watch(live, provider, handle, status)
         finally:
-            queue.release()
+            queue.release(live.id)
         return await self._finish(live, files)
 
     async def _submit(self, live: LiveJob, provider: Provider, job: ProviderJob) -> tuple[Handle, Status]:
