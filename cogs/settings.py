@@ -105,7 +105,7 @@ class SettingsCog(commands.GroupCog, group_name="fill-settings", group_descripti
         await self._announce(interaction, guild_id, [entry] if entry else [])
 
     @app_commands.command(name="block-term", description="Block a word or phrase in prompts, or strip it out.")
-    @app_commands.describe(term="Word or phrase (case and look-alike letters do not matter)",
+    @app_commands.describe(term='Word or phrase; 4+ letters also catch words starting with it; "quoted": whole words',
                            action="block: refuse the prompt; strip: remove the term and go on")
     async def block_term(
         self,
