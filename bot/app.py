@@ -20,6 +20,7 @@ from bot.errors import UserError
 from bot.guild_settings import AuditEntry
 from bot.service import FillService
 from bot.storage import Storage
+from cogs.channels import own_text_channel
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +107,11 @@ class FillBot(commands.Bot):
         settings = await self.storage.guild_settings(guild_id)
         if settings.log_channel_id is None:
             return
-        channel = self.get_partial_messageable(settings.log_channel_id, guild_id=guild_id)
+        channel = own_text_channel(self, guild_id, settings.log_channel_id)
+        if channel is None:
+            log.warning("log channel %s is not a text channel of %s: notice not posted",
+                        settings.log_channel_id, guild_id)
+            return
         try:
             await channel.send(text[:2000], allowed_mentions=discord.AllowedMentions.none())
         except discord.HTTPException as exc:

@@ -44,6 +44,7 @@ from bot.providers.base import Handle, ProviderJob
 from bot.service import JobResult
 from bot.storage import JobRecord, OutputMeta
 from cogs import buttons, rendering
+from cogs.channels import own_text_channel
 from cogs.live_reply import TOKEN_LIFETIME, Edit, LiveReply, ReplyTarget, Upload
 
 if TYPE_CHECKING:
@@ -526,6 +527,10 @@ class JobFlow:
         if settings.gallery_channel_id is None:
             raise UserError("This server has no gallery channel yet: a moderator can set one with "
                             "`/fill-settings set gallery_channel_id`.")
+        gallery = own_text_channel(self.bot, interaction.guild_id, settings.gallery_channel_id)
+        if gallery is None:
+            raise UserError("The gallery channel set for this server is not one of its text channels, so nothing was "
+                            "shared. A moderator can set it again with `/fill-settings set gallery_channel_id`.")
         message = interaction.message
         if message is None or not message.attachments:
             raise UserError("There is no image on this message to share.")
@@ -537,7 +542,6 @@ class JobFlow:
         embed.add_field(name="By", value=f"<@{record.user_id}>")
         embed.add_field(name="Model", value=request.spec.label)
         embed.add_field(name="Original", value=message.jump_url, inline=False)
-        gallery = self.bot.get_partial_messageable(settings.gallery_channel_id, guild_id=interaction.guild_id)
         try:
             posted = await gallery.send(embed=embed, files=files, allowed_mentions=discord.AllowedMentions.none())
         except discord.HTTPException as exc:
