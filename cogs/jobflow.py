@@ -28,7 +28,7 @@ from bot.errors import UserError
 from bot.guild_settings import AuditEntry, GuildSettings, channel_allowed, effective_safety, usable_providers
 from bot.jobs import JobUpdate
 from bot.lifecycle.states import State
-from bot.moderation import LimitGate, guild_filter
+from bot.moderation import LimitGate, blocked_notice, guild_filter
 from bot.params import (
     SPECS,
     EditRequest,
@@ -115,6 +115,8 @@ class JobFlow:
         if guild_id is not None:
             verdict = (await guild_filter(storage, guild_id)).check(prompt)
             if verdict.blocked_term is not None:
+                notice = blocked_notice(interaction.user.id, channel_id, verdict.blocked_term)
+                self.spawn(self.bot.announce(guild_id, notice))  # in the background: the refusal goes first
                 raise UserError(
                     f"Your prompt contains “{verdict.blocked_term}”, which this server does not allow. "
                     "Please rephrase it."

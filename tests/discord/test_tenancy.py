@@ -1,4 +1,4 @@
-"""One server cannot make the bot post into another.
+"""One server cannot make the bot post into another, and blocked prompts reach the server's own log channel.
 
 The bot is in two servers of the fake Discord API: the test server and a hostile one. A moderator of either can
 only name channels of their own server, and channel ids stored before that check (or written straight into the
@@ -20,7 +20,9 @@ from tests.discord.test_moderation_flow import (
     GALLERY_ID,
     LOG_ID,
     OTHER,
+    block_term,
     configure,
+    fill,
     job_id,
     refused,
     run_fill,
@@ -104,6 +106,7 @@ async def test_share_and_notices_refuse_a_foreign_channel_stored_in_the_database
         return sum("notice not posted" in r.getMessage() for r in caplog.records)
 
     async with two_servers(make_bot()) as h:
+        await block_term(h, "dragon")
         message = await run_fill(h)
         for gallery, log_channel in ((OTHER_GENERAL_ID, OTHER_LOG_ID), (UNKNOWN_ID, CATEGORY_ID)):
             # Rows written before the check existed: straight into storage, as a stale database would hold them.
@@ -111,11 +114,12 @@ async def test_share_and_notices_refuse_a_foreign_channel_stored_in_the_database
                                                                           "log_channel_id": log_channel})
             text = await refused(h, h.component(f"fill:share:{job_id(message)}", message.id, user=MEMBER))
             assert "not one of its text channels" in text and "nothing was shared" in text, text
+            assert "“dragon”" in await refused(h, fill(h, "a red dragon"))  # a notice would follow a refusal
             await configure(h, safety=3 if log_channel == OTHER_LOG_ID else 2)  # and one follows every change
             shown = await settings_command(h, "show")
             assert shown.count("(not a text channel of this server: ignored)") == 2, shown
-        # Both notices (one per change) were refused, none posted anywhere.
-        await h.wait_for(lambda: notices_dropped() == 2, message="every notice was checked and dropped")
+        # Each of the four notices (two blocked prompts, two changes) was refused, none posted anywhere.
+        await h.wait_for(lambda: notices_dropped() == 4, message="every notice was checked and dropped")
         assert posts_to(h, OTHER_GENERAL_ID, OTHER_LOG_ID, UNKNOWN_ID, CATEGORY_ID) == []
 
         # The same steps with this server's own channels do post: the refusals above were the check at work.
@@ -123,4 +127,27 @@ async def test_share_and_notices_refuse_a_foreign_channel_stored_in_the_database
         await h.dispatch(h.component(f"fill:share:{job_id(message)}", message.id, user=MEMBER))
         await h.wait_for(lambda: h.fake.messages_in(GALLERY_ID), message="the gallery post")
         assert posts_to(h, LOG_ID)
+        assert not h.errors
+
+
+async def test_a_blocked_prompt_is_reported_to_the_log_channel_without_the_prompt(
+    make_bot: Callable[..., FillBot],
+) -> None:
+    async with two_servers(make_bot()) as h:
+        await configure(h, log_channel_id=f"<#{LOG_ID}>")
+        await block_term(h, "dragon")
+        before = len(h.fake.messages_in(LOG_ID))
+        prompt = "a red d.r.a.g.o.n eating <@1002> for breakfast"
+        assert "“dragon”" in await refused(h, fill(h, prompt))
+
+        notices = await h.wait_for(lambda: h.fake.messages_in(LOG_ID)[before:], message="the blocked-prompt notice")
+        assert len(notices) == 1
+        notice = notices[0].content
+        assert f"<@{MEMBER.id}>" in notice and f"<#{GENERAL_CHANNEL_ID}>" in notice and "“dragon”" in notice
+        assert "breakfast" not in notice and "d.r.a.g.o.n" not in notice
+        request = h.fake.requests_to("POST", f"*/channels/{LOG_ID}/messages")[-1]
+        assert request.json["allowed_mentions"]["parse"] == []  # names the member without pinging anyone
+
+        await run_fill(h, "a red vase")  # an accepted prompt is not reported
+        assert len(h.fake.messages_in(LOG_ID)) == before + 1
         assert not h.errors
