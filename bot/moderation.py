@@ -23,7 +23,8 @@ How a term matches (moderators are told the short form in `/fill-settings block-
   only ("asses"). A term written in double quotes is matched that way whatever its length: `"hell"` spares
   "hello", `"cock"` spares "cocktail".
 - Letters written one by one — "n u d e", "n/u/d/e", "n*u*d*e", "n.u.d.e", "n_u_d_e" — match anywhere in such
-  a run of single letters.
+  a run of single letters. Scripts written without spaces (Chinese, Japanese, Thai, …) have no word starts to go
+  by: each of their characters counts as a letter on its own, so a term in them matches anywhere in such a run.
 - 'strip' terms are removed from the original text (with the accents and invisible characters inside them;
   plurals and compounds as whole words). The result is checked once more, since removing words can bring
   letters together; if it still holds any term the prompt is refused instead of stripped again: only a crafted
@@ -72,6 +73,11 @@ _LATIN_LETTER = re.compile(
     r"(?:[A-Z ]+ )?(?:LATIN (?:SMALL |CAPITAL )?LETTER (?:SMALL CAPITAL )?|REGIONAL INDICATOR SYMBOL LETTER )"
     r"([A-Z])(?: WITH .+)?"
 )
+# Scripts written without spaces between words (Unicode line-breaking classes ID, CJ and SA: Chinese, Japanese,
+# Thai, …): each of their characters is treated as a letter written on its own.
+_UNSPACED = regex.compile(
+    r"[\p{Line_Break=Ideographic}\p{Line_Break=Conditional_Japanese_Starter}\p{Line_Break=Complex_Context}]"
+)
 _LEET = {"0": "o", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s"}
 _TWO_READINGS = "1|!"  # kept as they are by normalisation; each reading decides what they are
 
@@ -98,9 +104,9 @@ def _confusable_letters() -> dict[str, str]:
     for char, entries in confusables.confusables_data.items():
         if len(char) != 1 or char.isascii():
             continue
-        found = {_ascii_target(str(entry["c"])) for entry in entries} - {None}
+        found = {target for entry in entries if (target := _ascii_target(str(entry["c"]))) is not None}
         if len(found) == 1:
-            table[char] = found.pop() or ""
+            table[char] = found.pop()
     return table
 
 
@@ -126,6 +132,8 @@ def _lookalike(char: str) -> str:
     for form in (char, char.upper()):  # "к" is listed only as capital "К" → "K"
         if form in table:
             return table[form]
+    if _UNSPACED.match(char):
+        return f" {char} "
     return char if char.isalnum() or unicodedata.category(char) == "Mc" else " "
 
 

@@ -148,6 +148,14 @@ def test_innocent_words_pass(prompt: str) -> None:
     assert WORDS.check(prompt) == FilterResult(None, prompt, ())
 
 
+def test_terms_in_scripts_without_spaces_match_inside_sentences() -> None:
+    terms = TermFilter([("死ね", "block"), ("ฆ่า", "block"), ("блядь", "block")])
+    assert terms.check("お前は死ね!").blocked_term == "死ね"
+    assert terms.check("อย่าฆ่าเขา").blocked_term == "ฆ่า"
+    assert terms.check("死んだね").blocked_term is None
+    assert terms.check("ты БЛЯДЬ").blocked_term == "блядь"  # Cyrillic still goes by words
+
+
 def test_i_and_l_stay_apart_unless_the_prompt_leaves_it_open() -> None:
     heil = TermFilter([("heil", "block")])
     assert heil.check("hell").blocked_term is None and heil.check("heil").blocked_term == "heil"
