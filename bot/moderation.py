@@ -125,16 +125,17 @@ def _ascii_target(target: str) -> str | None:
 
 def _lookalike(char: str) -> str:
     """One folded non-ASCII character as matched: the Latin letter it imitates, itself, or a space."""
-    latin = _LATIN_LETTER.fullmatch(unicodedata.name(char, ""))
-    if latin:
-        return latin[1].lower()
     table = _confusable_letters()
     for form in (char, char.upper()):  # "к" is listed only as capital "К" → "K"
         if form in table:
             return table[form]
+    category = unicodedata.category(char)
+    latin = _LATIN_LETTER.fullmatch(unicodedata.name(char, "")) if category[0] in "LS" else None
+    if latin:
+        return latin[1].lower()
     if _UNSPACED.match(char):
         return f" {char} "
-    return char if char.isalnum() or unicodedata.category(char) == "Mc" else " "
+    return char if char.isalnum() or category == "Mc" else " "
 
 
 @functools.lru_cache(maxsize=65_536)
