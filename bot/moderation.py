@@ -29,6 +29,8 @@ How a term matches (moderators are told the short form in `/fill-settings block-
   plurals and compounds as whole words). The result is checked once more, since removing words can bring
   letters together; if it still holds any term the prompt is refused instead of stripped again: only a crafted
   prompt hides a term inside another, and stripping until nothing is left could go on for as long as the prompt.
+  A prompt holding more term occurrences than characters (only terms made to overlap one another do that) is
+  refused too, without counting them all.
 
 Cost: the prompt is normalised once (per-character work is cached), read at most three ways, and each reading is
 scanned once by Aho–Corasick automata holding every term (pyahocorasick), so a check is linear in the prompt's
@@ -313,14 +315,20 @@ class TermFilter:
     def __len__(self) -> int:
         return len(self._terms)
 
-    def _hits(self, text: str) -> list[_Hit]:
-        """Every term occurrence in any reading of `text`, earliest first (the longest first where two start)."""
+    def _hits(self, text: str) -> tuple[list[_Hit], bool]:
+        """Term occurrences in any reading of `text`, earliest first (the longest first where two start), and
+        whether that is all of them: a reading yields at most as many as it has characters, since more can only
+        come from terms made to overlap one another, and counting those would cost time per term."""
         norm = normalise(text)
         found: set[_Hit] = set()
+        complete = True
         for reading in _readings(norm.text):
-            for index, start, end in self._scan(reading):
+            for count, (index, start, end) in enumerate(self._scan(reading)):
+                if count == len(reading):
+                    complete = False
+                    break
                 found.add(_Hit(index, *norm.original_span(start, end)))
-        return sorted(found, key=lambda hit: (hit.start, -hit.end, hit.term))
+        return sorted(found, key=lambda hit: (hit.start, -hit.end, hit.term)), complete
 
     def _scan(self, reading: str) -> Iterator[tuple[int, int, int]]:
         """(term index, start, end in `reading`) of whole-word and spelled-out matches."""
@@ -347,12 +355,12 @@ class TermFilter:
     def check(self, prompt: str) -> FilterResult:
         """Block if any 'block' term appears; otherwise remove every 'strip' term from the original text and
         check the result once more (refusing it if it still holds a term)."""
-        hits = self._hits(prompt)
-        blocked = self._first(hits, "block")
+        hits, complete = self._hits(prompt)
+        blocked = self._first(hits, "block") or (None if complete else self._first(hits))
         if blocked is not None or not hits:
             return FilterResult(blocked, prompt, ())
         stripped = _remove(prompt, _merge((h.start, h.end) for h in hits))
-        again = self._first(self._hits(stripped))
+        again = self._first(self._hits(stripped)[0])
         if again is not None:
             return FilterResult(again, prompt, ())
         return FilterResult(None, stripped, tuple(dict.fromkeys(self._terms[h.term][0] for h in hits)))
@@ -371,7 +379,7 @@ class TermFilter:
                 term, values[name] = result.blocked_term, result.stripped_prompt
                 stripped.extend(result.stripped_terms)
             else:
-                term, values[name] = self._first(self._hits(value)), value
+                term, values[name] = self._first(self._hits(value)[0]), value
             if term is not None:
                 return FieldsResult(term, name, dict(fields))
         return FieldsResult(None, None, values, tuple(dict.fromkeys(stripped)))

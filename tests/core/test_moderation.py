@@ -227,6 +227,19 @@ def test_a_crafted_prompt_is_read_at_most_twice(monkeypatch: pytest.MonkeyPatch)
     assert len(calls) == 2
 
 
+def test_terms_made_to_overlap_cost_no_more_than_the_prompt_is_long(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hostile server's terms "aa", "aaa", … "a"×100 would find ~100 occurrences per letter of "a a a …"."""
+    terms = TermFilter([("a" * k, "strip") for k in range(2, 101)])
+    made: list[object] = []
+    hit = moderation._Hit
+    monkeypatch.setattr(moderation, "_Hit", lambda *args: made.append(args) or hit(*args))
+    prompt = "a " * 1000
+    result = terms.check(prompt)
+    assert result.blocked and result.stripped_prompt == prompt  # refused rather than counted to the end
+    assert len(made) <= len(prompt)
+    assert terms.check("a a a").stripped_prompt == ""  # an ordinary number of occurrences is stripped
+
+
 async def test_guild_filter_follows_storage(store: Storage) -> None:
     assert (await guild_filter(store, GUILD)).check("ass").blocked_term is None
     await store.add_blocked_term(GUILD, 1, "ass")
