@@ -51,7 +51,7 @@ import time
 import unicodedata
 import weakref
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import ahocorasick
 import regex
@@ -280,7 +280,7 @@ class FieldsResult:
 
     blocked_term: str | None
     blocked_field: str | None
-    values: Mapping[str, str] = field(default_factory=dict)
+    values: Mapping[str, str]
     stripped_terms: tuple[str, ...] = ()
 
     @property
