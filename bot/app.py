@@ -21,6 +21,7 @@ from bot.guild_settings import AuditEntry
 from bot.lifecycle.jobs import Lifecycle
 from bot.service import FillService
 from bot.storage import Storage
+from cogs.channels import own_text_channel
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,11 @@ class FillBot(commands.Bot):
         settings = await self.storage.guild_settings(guild_id)
         if settings.log_channel_id is None:
             return
-        channel = self.get_partial_messageable(settings.log_channel_id, guild_id=guild_id)
+        channel = own_text_channel(self, guild_id, settings.log_channel_id)
+        if channel is None:
+            log.warning("log channel %s is not a text channel of %s: notice not posted",
+                        settings.log_channel_id, guild_id)
+            return
         try:
             await channel.send(text[:2000], allowed_mentions=discord.AllowedMentions.none())
         except discord.HTTPException as exc:

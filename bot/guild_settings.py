@@ -347,7 +347,7 @@ def effective_safety(
 
 TERM_ACTIONS = ("block", "strip")
 MAX_TERM_CHARS = 100
-MAX_TERMS_PER_GUILD = 500  # every term is one branch of a single regex run on each prompt
+MAX_TERMS_PER_GUILD = 500  # bounds the filter automata built per server (a check is linear in the prompt anyway)
 
 
 @dataclass(frozen=True)

@@ -1,58 +1,160 @@
 """Prompt filtering and usage limits: pure decisions the cogs apply before a job is recorded and submitted.
 
-`TermFilter` matches a server's blocked terms against a normalised copy of the prompt, so look-alike letters,
-leetspeak, zero-width characters and s.p.a.c.e.d letters do not slip through, while whole-word matching keeps
-"class" safe from "ass". `check_limits` decides cooldowns, concurrency and daily quotas; `LimitGate` makes that
-decision hold under a burst of commands.
+`TermFilter` finds a server's blocked terms in a prompt (or any free-text field); `check_limits` decides
+cooldowns, concurrency and daily quotas; `LimitGate` makes that decision hold under a burst of commands.
+
+How a term matches (moderators are told the short form in `/fill-settings block-term`):
+
+- Text is compared after normalisation: NFKC and case folding; accents and other combining marks dropped;
+  look-alike letters read as the Latin letter they imitate, from Unicode data (TR39 confusables, via
+  `confusable_homoglyphs`, and the names of Latin letter variants such as small capitals "ᴅ" or hooked "ɗ");
+  leetspeak digits and symbols read as letters (0 o, 3 e, 4 a, 5 s, 7 t, @ a, $ s).
+- Some characters have two readings and a term found under either counts: "1", "|", a capital "I" and
+  vertical-stroke look-alikes read as "i" or as "l" (all as one or all as the other, so "ki11", "ki||" and
+  "k1ll" are "kill"; a word mixing both, "k1l1", is not caught); "!" and "|" as letters or as punctuation
+  ("sh!t", "big ass!"); default-ignorable code points (zero-width characters, U+3164 HANGUL FILLER, variation
+  selectors: every one Unicode lists) and U+2800 BRAILLE PATTERN BLANK as nothing or as a space.
+- Words are runs of letters and digits; every other character separates words, in the prompt and in the term
+  alike: punctuation in a term is not matched literally ("a|b" is the two words "a b").
+- A term matches only at the start of a word, never inside one: "ass" spares "class", "bass", "Scunthorpe"-like
+  words. A term whose last word has `MIN_COMPOUND_LETTERS` letters or more also matches longer words that start
+  with it, so plurals and compounds are caught ("nude": "nudes", "nudebeach"); shorter ones are too often the
+  start of innocent words ("ass": "assistant", "tit": "title"), so they match the whole word and its plural
+  only ("asses"). A term written in double quotes is matched that way whatever its length: `"hell"` spares
+  "hello", `"cock"` spares "cocktail".
+- Letters written one by one — "n u d e", "n/u/d/e", "n*u*d*e", "n.u.d.e", "n_u_d_e" — match anywhere in such
+  a run of single letters. Scripts written without spaces (Chinese, Japanese, Thai, …) have no word starts to go
+  by: each of their characters counts as a letter on its own, so a term in them matches anywhere in such a run.
+- 'strip' terms are removed from the original text (with the accents and invisible characters inside them;
+  plurals and compounds as whole words). The result is checked once more, since removing words can bring
+  letters together; if it still holds any term the prompt is refused instead of stripped again: only a crafted
+  prompt hides a term inside another, and stripping until nothing is left could go on for as long as the prompt.
+  A prompt holding more term occurrences than characters (only terms made to overlap one another do that) is
+  refused too, without counting them all.
+
+Cost: the prompt is normalised once (per-character work is cached), read at most three ways, and each reading is
+scanned once by Aho–Corasick automata holding every term (pyahocorasick), so a check is linear in the prompt's
+length however many terms there are. The automata are built once per list of terms.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import functools
+import itertools
 import logging
 import math
 import re
 import time
 import unicodedata
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+
+import ahocorasick
+import regex
+from confusable_homoglyphs import confusables
 
 from bot.guild_settings import GuildSettings
 from bot.storage import JOB_STATUSES, QUOTA_WINDOW_SECONDS, Storage
 
 log = logging.getLogger(__name__)
 
-# Look-alikes, applied after NFKC + casefold + dropping combining marks (which already turn fullwidth and
-# accented letters into plain ones). Cyrillic and Greek letters that render like Latin ones, a few Latin
-# letters NFKD does not decompose, and leetspeak. Leetspeak costs some false positives: "a55" reads as "ass",
-# and a term is matched against numbers that spell it. We accept that for the evasion it stops; "!" and "|"
-# are left alone because they often end words and mapping them would hide the word boundary.
-_LOOKALIKES = str.maketrans({
-    # Cyrillic
-    "а": "a", "е": "e", "о": "o", "р": "p", "с": "c", "у": "y", "х": "x", "і": "i", "ѕ": "s", "ј": "j",
-    "ԁ": "d", "һ": "h", "ӏ": "l", "к": "k", "ԛ": "q", "ԝ": "w", "в": "b", "м": "m", "т": "t", "н": "h",
-    # Greek
-    "α": "a", "ο": "o", "ν": "v", "ι": "i", "κ": "k", "ρ": "p", "τ": "t", "υ": "u", "χ": "x", "ε": "e",
-    "β": "b", "γ": "y", "η": "n", "ϲ": "c",
-    # Latin letters without a decomposition
-    "ı": "i", "ł": "l", "ø": "o", "đ": "d", "ƒ": "f", "ɡ": "g",
-    # leetspeak
-    "0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s",
-})
-_DROPPED_CATEGORIES = frozenset({"Mn", "Me", "Cf"})  # combining marks; zero-width and other format characters
-_SEPARATOR = r"[\s._\-]+"
-_WORD_BEFORE = r"(?<![^\W_])"  # not preceded by a letter or digit ("_" counts as a separator)
-_WORD_AFTER = r"(?![^\W_])"
+MIN_COMPOUND_LETTERS = 4  # a term's last word this long also matches words that start with it
+
+# In normalised text: a character read both as nothing and as a space (see the module docstring).
+_FILLER = "\x00"  # never produced otherwise: control characters fold to a space
+_IGNORABLE = regex.compile(r"\p{Default_Ignorable_Code_Point}")
+# Not default-ignorable (it is a symbol) but drawn blank, and the usual "invisible" filler after U+3164.
+_BRAILLE_BLANK = "\u2800"
+# Names of Latin letter variants NFKC leaves alone: "LATIN LETTER SMALL CAPITAL D", "LATIN SMALL LETTER D WITH
+# HOOK", "NEGATIVE SQUARED LATIN CAPITAL LETTER D", "REGIONAL INDICATOR SYMBOL LETTER D".
+_LATIN_LETTER = re.compile(
+    r"(?:[A-Z ]+ )?(?:LATIN (?:SMALL |CAPITAL )?LETTER (?:SMALL CAPITAL )?|REGIONAL INDICATOR SYMBOL LETTER )"
+    r"([A-Z])(?: WITH .+)?"
+)
+# Scripts written without spaces between words (Unicode line-breaking classes ID, CJ and SA: Chinese, Japanese,
+# Thai, …): each of their characters is treated as a letter written on its own.
+_UNSPACED = regex.compile(
+    r"[\p{Line_Break=Ideographic}\p{Line_Break=Conditional_Japanese_Starter}\p{Line_Break=Complex_Context}]"
+)
+_LEET = {"0": "o", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s"}
+_TWO_READINGS = "1|!"  # kept as they are by normalisation; each reading decides what they are
 
 
-@functools.lru_cache(maxsize=8192)
+def _ascii_fold(char: str) -> str:
+    """ASCII: "I" becomes the i-or-l "1", letters lower case, leetspeak letters, other punctuation a space."""
+    if char == "I":
+        return "1"
+    if char in _LEET:
+        return _LEET[char]
+    if char.isalnum() or char in _TWO_READINGS:
+        return char.lower()
+    return " "
+
+
+_ASCII = {code: _ascii_fold(chr(code)) for code in range(128)}
+
+
+@functools.cache
+def _confusable_letters() -> dict[str, str]:
+    """Non-ASCII characters that TR39 lists as confusable with exactly one ASCII letter or digit (directly, or
+    through a Latin letter variant: Cyrillic "н" → "ʜ" → "h"), folded as ASCII ("l" becomes the i-or-l "1")."""
+    table: dict[str, str] = {}
+    for char, entries in confusables.confusables_data.items():
+        if len(char) != 1 or char.isascii():
+            continue
+        found = {target for entry in entries if (target := _ascii_target(str(entry["c"]))) is not None}
+        if len(found) == 1:
+            table[char] = found.pop()
+    return table
+
+
+def _ascii_target(target: str) -> str | None:
+    """The ASCII letter or digit a confusables target stands for, folded; None if it is none."""
+    plain = "".join(c for c in unicodedata.normalize("NFD", target) if not unicodedata.combining(c))
+    if len(plain) != 1:
+        return None
+    if not plain.isascii():
+        latin = _LATIN_LETTER.fullmatch(unicodedata.name(plain, ""))
+        return latin[1].lower() if latin else None
+    if not plain.isalnum():
+        return None
+    return "1" if plain in "Il" else _ASCII[ord(plain.lower())]
+
+
+def _lookalike(char: str) -> str:
+    """One folded non-ASCII character as matched: the Latin letter it imitates, itself, or a space."""
+    table = _confusable_letters()
+    for form in (char, char.upper()):  # "к" is listed only as capital "К" → "K"
+        if form in table:
+            return table[form]
+    category = unicodedata.category(char)
+    latin = _LATIN_LETTER.fullmatch(unicodedata.name(char, "")) if category[0] in "LS" else None
+    if latin:
+        return latin[1].lower()
+    if _UNSPACED.match(char):
+        return f" {char} "
+    return char if char.isalnum() or category == "Mc" else " "
+
+
+@functools.lru_cache(maxsize=65_536)
 def _fold(char: str) -> str:
     """What one character becomes for matching: possibly nothing, possibly several characters ("ﬁ" → "fi")."""
-    folded = unicodedata.normalize("NFKD", unicodedata.normalize("NFKC", char).casefold())
-    return "".join(c for c in folded if unicodedata.category(c) not in _DROPPED_CATEGORIES).translate(_LOOKALIKES)
+    if char.isascii():
+        return _ASCII[ord(char)]
+    if char == _BRAILLE_BLANK or _IGNORABLE.match(char):
+        return _FILLER
+    out: list[str] = []
+    composed = unicodedata.normalize("NFKC", char).replace("I", "1").casefold()
+    for part in unicodedata.normalize("NFKD", composed):
+        if part.isascii():
+            out.append(_ASCII[ord(part)])
+        elif unicodedata.category(part) not in ("Mn", "Me") and not _IGNORABLE.match(part):
+            out.append(_lookalike(part))
+    return "".join(out)
 
 
 @dataclass(frozen=True)
@@ -64,8 +166,8 @@ class Normalised:
     source: str
 
     def original_span(self, start: int, end: int) -> tuple[int, int]:
-        """The original text's span for `text[start:end]`, including dropped characters (marks, zero-width)
-        inside it and straight after it, so removing it leaves no orphaned accents."""
+        """The original text's span for `text[start:end]`, including dropped characters (marks) straight after
+        it, so removing it leaves no orphaned accents."""
         first = self.origin[start]
         last = self.origin[end - 1] + 1
         while last < len(self.source) and not _fold(self.source[last]):
@@ -74,28 +176,87 @@ class Normalised:
 
 
 def normalise(text: str) -> Normalised:
-    """NFKC, casefold, drop combining marks and zero-width characters, map look-alikes and leetspeak."""
-    chars: list[str] = []
-    origin: list[int] = []
-    for index, char in enumerate(text):
-        for out in _fold(char):
-            chars.append(out)
-            origin.append(index)
-    return Normalised("".join(chars), tuple(origin), text)
+    """Fold every character (see the module docstring); invisible fillers stay as one marker each."""
+    if text.isascii():
+        return Normalised(text.translate(_ASCII), tuple(range(len(text))), text)
+    parts = [_fold(char) for char in text]
+    origin = tuple(index for index, part in enumerate(parts) for _ in part)
+    return Normalised("".join(parts), origin, text)
 
 
-def _term_pattern(term: str) -> tuple[str, int] | None:
-    """Regex for one term as written and s.p.a.c.e.d out, and its length for ordering; None if nothing is left."""
-    words = [w for w in re.split(_SEPARATOR, normalise(term).text) if w]
+# The readings of normalised text: "1", "|", "!" and fillers each decided one way (see the module docstring).
+_READINGS = (
+    str.maketrans({"1": "i", "|": "i", "!": "i"}),
+    str.maketrans({"1": "l", "|": "l", "!": "i"}),
+    str.maketrans({"1": "i", "|": " ", "!": " ", _FILLER: " "}),
+)
+_WORD = re.compile(r"[^ ]+")
+
+
+def _readings(text: str) -> list[str]:
+    """The distinct readings of `text` (one for most prompts); each keeps every character's position."""
+    if not any(c in text for c in (*_TWO_READINGS, _FILLER)):
+        return [text]
+    return list(dict.fromkeys(text.translate(table) for table in _READINGS))
+
+
+def _words(reading: str) -> list[tuple[int, int, str]]:
+    """(start, end, word) for each word of a reading; fillers left inside words join their parts."""
+    found = ((m.start(), m.end(), m.group().replace(_FILLER, "")) for m in _WORD.finditer(reading))
+    return [word for word in found if word[2]]
+
+
+def _term_keys(term: str) -> tuple[list[str], str | None] | None:
+    """The automaton keys for one term: word keys over " word word " text, and the spelled-out letters (None
+    below two letters). None if nothing is left to match after normalisation."""
+    exact = len(term) > 2 and term[0] in "\"“" and term[-1] in "\"”"
+    reading = normalise(term[1:-1] if exact else term).text.replace(_FILLER, "").translate(_READINGS[2])
+    words = reading.split()
     if not words:
         return None
-    if all(len(w) == 1 for w in words):  # the moderator wrote "b.a.d": that is the word "bad"
+    if len(words) > 1 and all(len(w) == 1 for w in words):  # the moderator wrote "b.a.d": that is the word "bad"
         words = ["".join(words)]
-    compact = _SEPARATOR.join(re.escape(w) for w in words)
-    letters = [c for w in words for c in w]
-    spaced = _SEPARATOR.join(re.escape(c) for c in letters)
-    body = compact if len(letters) < 2 else f"{compact}|{spaced}"
-    return f"{_WORD_BEFORE}(?:{body}){_WORD_AFTER}", len(letters)
+    phrase = " " + " ".join(words)
+    stems = [phrase]
+    if len(words[-1]) > 1 and phrase.endswith("y"):
+        stems.append(phrase[:-1] + "ies")
+    if exact or len(words[-1]) < MIN_COMPOUND_LETTERS:
+        keys = [stem + " " for stem in stems] + [phrase + "s ", phrase + "es "]
+    else:
+        keys = stems  # no closing space: any word that starts with the term
+    letters = "".join(words)
+    return keys, letters if len(letters) >= 2 else None
+
+
+class _Automaton:
+    """An Aho–Corasick automaton from keys to (term index, key length)."""
+
+    def __init__(self, keys: Mapping[str, int]) -> None:
+        self._automaton = ahocorasick.Automaton() if keys else None
+        if self._automaton is not None:
+            for key, index in keys.items():
+                self._automaton.add_word(key, (index, len(key)))
+            self._automaton.make_automaton()
+
+    def find(self, text: str) -> Iterator[tuple[int, int, int]]:
+        """(term index, start, end) of every occurrence of a key in `text`, overlapping ones included."""
+        if self._automaton is None:
+            return
+        for last, (index, length) in self._automaton.iter(text):
+            yield int(index), int(last) - int(length) + 1, int(last) + 1
+
+
+def _prefer(keys: dict[str, int], key: str, index: int, blocks: Sequence[bool]) -> None:
+    """Two terms normalising to the same key: a 'block' term wins over a 'strip' one, then the first."""
+    if key not in keys or (blocks[index] and not blocks[keys[key]]):
+        keys[key] = index
+
+
+@dataclass(frozen=True)
+class _Hit:
+    term: int
+    start: int  # span in the original text
+    end: int
 
 
 @dataclass(frozen=True)
@@ -112,55 +273,127 @@ class FilterResult:
         return self.blocked_term is not None
 
 
+@dataclass(frozen=True)
+class FieldsResult:
+    """`TermFilter.check_fields`: `blocked_term` found in the field `blocked_field` refuses the request;
+    otherwise `values` are the fields to use, with `stripped_terms` removed from the strippable ones."""
+
+    blocked_term: str | None
+    blocked_field: str | None
+    values: Mapping[str, str]
+    stripped_terms: tuple[str, ...] = ()
+
+    @property
+    def blocked(self) -> bool:
+        return self.blocked_term is not None
+
+
 class TermFilter:
-    """One server's blocked terms compiled into a single case-insensitive regex over the normalised prompt."""
+    """One server's blocked terms compiled into two Aho–Corasick automata over normalised text."""
 
     def __init__(self, terms: Iterable[tuple[str, str]]) -> None:
         self._terms: list[tuple[str, str]] = []
-        branches: list[tuple[int, str]] = []
+        compiled: list[tuple[list[str], str | None]] = []
         for term, action in terms:
-            compiled = _term_pattern(term)
-            if compiled is None:
+            term_keys = _term_keys(term)
+            if term_keys is None:
                 log.warning("filter term %r has nothing to match after normalisation; skipped", term)
                 continue
-            pattern, length = compiled
-            branches.append((length, f"(?P<t{len(self._terms)}>{pattern})"))
             self._terms.append((term, action))
-        # Longest first, so "bad word" wins over "bad" where both start.
-        branches.sort(key=lambda b: -b[0])
-        self._regex = re.compile("|".join(p for _, p in branches), re.IGNORECASE) if branches else None
+            compiled.append(term_keys)
+        blocks = [action == "block" for _, action in self._terms]
+        word_keys: dict[str, int] = {}
+        letter_keys: dict[str, int] = {}
+        for index, (keys, letters) in enumerate(compiled):
+            for key in keys:
+                _prefer(word_keys, key, index, blocks)
+            if letters is not None:
+                _prefer(letter_keys, letters, index, blocks)
+        self._word_automaton = _Automaton(word_keys)
+        self._letter_automaton = _Automaton(letter_keys)
 
     def __len__(self) -> int:
         return len(self._terms)
 
-    def _matches(self, text: str) -> tuple[Normalised, list[tuple[re.Match[str], str, str]]]:
+    def _hits(self, text: str) -> tuple[list[_Hit], bool]:
+        """Term occurrences in any reading of `text`, earliest first (the longest first where two start), and
+        whether that is all of them: a reading yields at most as many as it has characters, since more can only
+        come from terms made to overlap one another, and counting those would cost time per term."""
         norm = normalise(text)
-        if self._regex is None:
-            return norm, []
-        found = []
-        for match in self._regex.finditer(norm.text):
-            assert match.lastgroup is not None
-            term, action = self._terms[int(match.lastgroup[1:])]
-            found.append((match, term, action))
-        return norm, found
+        found: set[_Hit] = set()
+        complete = True
+        for reading in _readings(norm.text):
+            for count, (index, start, end) in enumerate(self._scan(reading)):
+                if count == len(reading):
+                    complete = False
+                    break
+                found.add(_Hit(index, *norm.original_span(start, end)))
+        return sorted(found, key=lambda hit: (hit.start, -hit.end, hit.term)), complete
+
+    def _scan(self, reading: str) -> Iterator[tuple[int, int, int]]:
+        """(term index, start, end in `reading`) of whole-word and spelled-out matches."""
+        words = _words(reading)
+        starts = list(itertools.accumulate((len(w) + 1 for _, _, w in words[:-1]), initial=1))
+        compact = " " + " ".join(w for _, _, w in words) + " "
+        for index, key_start, key_end in self._word_automaton.find(compact):
+            first = bisect.bisect_right(starts, key_start)  # the key's leading space is just before its first word
+            last = bisect.bisect_right(starts, key_end - 1 - (compact[key_end - 1] == " ")) - 1
+            yield index, words[first][0], words[last][1]
+        owners: list[int] = []  # for each character of `spelled`, its word (-1 between runs)
+        for single, run in itertools.groupby(range(len(words)), key=lambda i: len(words[i][2]) == 1):
+            members = list(run)
+            if single and len(members) >= 2:
+                owners.extend([*members, -1])
+        spelled = "".join(words[i][2] if i >= 0 else " " for i in owners)
+        for index, key_start, key_end in self._letter_automaton.find(spelled):
+            yield index, words[owners[key_start]][0], words[owners[key_end - 1]][1]
+
+    def _first(self, hits: Sequence[_Hit], action: str | None = None) -> str | None:
+        """The term of the earliest hit (of `action`, if given), as the moderator wrote it."""
+        return next((self._terms[h.term][0] for h in hits if action in (None, self._terms[h.term][1])), None)
 
     def check(self, prompt: str) -> FilterResult:
-        """Block if any 'block' term appears; otherwise remove every 'strip' term from the original text.
+        """Block if any 'block' term appears; otherwise remove every 'strip' term from the original text and
+        check the result once more (refusing it if it still holds a term)."""
+        hits, complete = self._hits(prompt)
+        blocked = self._first(hits, "block") or (None if complete else self._first(hits))
+        if blocked is not None or not hits:
+            return FilterResult(blocked, prompt, ())
+        stripped = _remove(prompt, _merge((h.start, h.end) for h in hits))
+        again = self._first(self._hits(stripped)[0])
+        if again is not None:
+            return FilterResult(again, prompt, ())
+        return FilterResult(None, stripped, tuple(dict.fromkeys(self._terms[h.term][0] for h in hits)))
 
-        The result is checked again after stripping, since removing words can bring others together.
+    def check_fields(self, fields: Mapping[str, str], *, strippable: Collection[str] = ("prompt",)) -> FieldsResult:
+        """Check several named free-text fields (prompt, LoRA name, …) and say which one held a term.
+
+        'strip' terms are removed from the `strippable` fields; anywhere else (an identifier such as a LoRA name
+        cannot be edited without changing what it names) any term refuses the request.
         """
-        text = prompt
+        values: dict[str, str] = {}
         stripped: list[str] = []
-        while True:
-            norm, found = self._matches(text)
-            blocked = next((term for _, term, action in found if action == "block"), None)
-            if blocked is not None:
-                return FilterResult(blocked, prompt, ())
-            if not found:
-                return FilterResult(None, text, tuple(dict.fromkeys(stripped)))
-            spans = [norm.original_span(m.start(), m.end()) for m, _, _ in found]
-            stripped.extend(term for _, term, _ in found)
-            text = _remove(text, spans)
+        for name, value in fields.items():
+            if name in strippable:
+                result = self.check(value)
+                term, values[name] = result.blocked_term, result.stripped_prompt
+                stripped.extend(result.stripped_terms)
+            else:
+                term, values[name] = self._first(self._hits(value)[0]), value
+            if term is not None:
+                return FieldsResult(term, name, dict(fields))
+        return FieldsResult(None, None, values, tuple(dict.fromkeys(stripped)))
+
+
+def _merge(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted spans with overlapping and touching ones joined."""
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(end, merged[-1][1]))
+        else:
+            merged.append((start, end))
+    return merged
 
 
 def _remove(text: str, spans: Sequence[tuple[int, int]]) -> str:
@@ -188,6 +421,16 @@ def compile_filter(terms: tuple[tuple[str, str], ...]) -> TermFilter:
 async def guild_filter(storage: Storage, guild_id: int) -> TermFilter:
     terms = await storage.blocked_terms(guild_id)
     return compile_filter(tuple((t.term, t.action) for t in terms))
+
+
+def blocked_notice(user_id: int, channel_id: int, term: str, field: str = "prompt") -> str:
+    """The log-channel notice for a refused request: who, where, and which term.
+
+    The prompt itself is never quoted: it may be the very abuse the term stands for, and the log channel can be
+    read by more people than the member wrote it for. The term is the moderators' own words.
+    """
+    return (f"Refused a request from <@{user_id}> in <#{channel_id}>: its {field} contains the filtered term "
+            f"“{term}”.")
 
 
 @dataclass(frozen=True)

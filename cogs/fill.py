@@ -151,7 +151,7 @@ class FillCog(commands.Cog):
 
         async def decide() -> tuple[Request, Admission]:
             admission = await jobs.admit(interaction, provider=provider, operation="fill", prompt=prompt,
-                                         outputs=options.get("outputs"))
+                                         outputs=options.get("outputs"), lora=options.get("lora"))
             request = FillRequest.build(
                 admission.provider, admission.prompt, options, mask=mask_options, delivery=delivery,
                 internal=admission.internal,

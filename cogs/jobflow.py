@@ -18,9 +18,9 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import discord
 from discord.ext import commands
@@ -30,7 +30,7 @@ from bot.guild_settings import AuditEntry, GuildSettings, channel_allowed, effec
 from bot.lifecycle.sink import Progress
 from bot.lifecycle.states import State
 from bot.lifecycle.store import StoreUnavailable
-from bot.moderation import LimitGate, guild_filter
+from bot.moderation import LimitGate, blocked_notice, guild_filter
 from bot.params import (
     SPECS,
     EditRequest,
@@ -44,6 +44,7 @@ from bot.params import (
 from bot.pipeline import JobInputs, Prepared
 from bot.storage import JobRecord
 from cogs import buttons, rendering
+from cogs.channels import own_text_channel
 from cogs.delivery import DiscordSink, JobContext, new_target, sink_for_record
 from cogs.errors import PUBLIC_THINKING
 from cogs.live_reply import LiveReply, Upload
@@ -84,6 +85,18 @@ class JobFlow(commands.Cog):
         self._gate: LimitGate | None = None
         # Downloads + preparation at once: more would only hold pictures in memory while waiting for a CPU.
         self._preparing = asyncio.Semaphore(2 * (os.cpu_count() or 1))
+        self._background: set[asyncio.Task[Any]] = set()
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Best-effort work that must not delay the member's answer (a log-channel notice)."""
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def cog_unload(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
 
     async def cog_load(self) -> None:
         if self.bot.recover:  # a serving bot takes over jobs nobody runs (after a restart too); `sync` does not
@@ -98,8 +111,10 @@ class JobFlow(commands.Cog):
         operation: Operation,
         prompt: str,
         outputs: Value | None,
+        lora: Value | None = None,
     ) -> Admission:
-        """Apply the server's rules that need no pictures: channel, provider, outputs, blocked terms, safety."""
+        """Apply the server's rules that need no pictures: channel, provider, outputs, blocked terms (in every
+        free-text field), safety."""
         guild_id = interaction.guild_id
         storage = self.bot.storage
         settings = await storage.guild_settings(guild_id) if guild_id is not None else GuildSettings()
@@ -115,16 +130,20 @@ class JobFlow(commands.Cog):
             raise UserError(f"`outputs` = {outputs} is more than this server allows (at most {settings.max_outputs}).")
         private: tuple[str, ...] = ()
         if guild_id is not None:
-            verdict = (await guild_filter(storage, guild_id)).check(prompt)
+            fields = {"prompt": prompt, **({"lora": lora} if isinstance(lora, str) else {})}
+            verdict = (await guild_filter(storage, guild_id)).check_fields(fields)
             if verdict.blocked_term is not None:
+                field = verdict.blocked_field or "prompt"
+                notice = blocked_notice(interaction.user.id, channel_id, verdict.blocked_term, field)
+                self.spawn(self.bot.announce(guild_id, notice))  # in the background: the refusal goes first
+                what = "Your prompt" if field == "prompt" else f"The `{field}` option"
                 raise UserError(
-                    f"Your prompt contains “{verdict.blocked_term}”, which this server does not allow. "
-                    "Please rephrase it."
+                    f"{what} contains “{verdict.blocked_term}”, which this server does not allow. Please rephrase it."
                 )
             if verdict.stripped_terms:
                 private = (f"This server removed {', '.join(f'“{t}”' for t in verdict.stripped_terms)} "
                            "from your prompt.",)
-                prompt = verdict.stripped_prompt
+                prompt = verdict.values["prompt"]
         override = await storage.channel_override(guild_id, home) if guild_id is not None else None
         safety = effective_safety(settings, override, channel_is_nsfw=nsfw)
         context = JobContext(
@@ -296,7 +315,7 @@ class JobFlow(commands.Cog):
     async def _decide_again(self, interaction: discord.Interaction, request: Request) -> tuple[Request, Admission]:
         admission = await self.admit(
             interaction, provider=request.spec.provider, operation=request.spec.operation, prompt=request.prompt,
-            outputs=request.params.get("outputs"),
+            outputs=request.params.get("outputs"), lora=request.params.get("lora"),
         )
         user_params = {k: v for k, v in request.params.items() if not _is_internal(request, k) and k != "seed"}
         again: FillRequest | EditRequest
@@ -333,6 +352,10 @@ class JobFlow(commands.Cog):
         if settings.gallery_channel_id is None:
             raise UserError("This server has no gallery channel yet: a moderator can set one with "
                             "`/fill-settings set gallery_channel_id`.")
+        gallery = own_text_channel(self.bot, interaction.guild_id, settings.gallery_channel_id)
+        if gallery is None:
+            raise UserError("The gallery channel set for this server is not one of its text channels, so nothing was "
+                            "shared. A moderator can set it again with `/fill-settings set gallery_channel_id`.")
         message = interaction.message
         if message is None or not message.attachments:
             raise UserError("There is no image on this message to share.")
@@ -344,7 +367,6 @@ class JobFlow(commands.Cog):
         embed.add_field(name="By", value=f"<@{record.user_id}>")
         embed.add_field(name="Model", value=request.spec.label)
         embed.add_field(name="Original", value=message.jump_url, inline=False)
-        gallery = self.bot.get_partial_messageable(settings.gallery_channel_id, guild_id=interaction.guild_id)
         try:
             posted = await gallery.send(embed=embed, files=files, allowed_mentions=discord.AllowedMentions.none())
         except discord.HTTPException as exc:

@@ -21,6 +21,7 @@ from bot.guild_settings import (
     format_value,
     parse_setting,
 )
+from cogs.channels import own_text_channel
 from cogs.rendering import FIELD_VALUE_MAX, truncate
 
 if TYPE_CHECKING:
@@ -62,6 +63,8 @@ class SettingsCog(commands.GroupCog, group_name="fill-settings", group_descripti
             shown = format_value(value)
             if name.endswith("channel_id") and value is not None:
                 shown = f"<#{value}>"
+                if own_text_channel(self.bot, guild_id, value) is None:
+                    shown += " (not a text channel of this server: ignored)"
             elif name == "channels" and value:
                 shown = " ".join(f"<#{c}>" for c in value)
             embed.add_field(name=f"{name} = {shown}"[:256], value=SETTING_DESCRIPTIONS[name][:FIELD_VALUE_MAX],
@@ -82,6 +85,9 @@ class SettingsCog(commands.GroupCog, group_name="fill-settings", group_descripti
     ) -> None:
         guild_id = require_manager(interaction)
         parsed = parse_setting(setting, value)
+        if (setting.endswith("_channel_id") and isinstance(parsed, int)
+                and own_text_channel(self.bot, guild_id, parsed) is None):
+            raise UserError(f"`{setting}`: <#{parsed}> is not a text channel of this server; pick one of its own.")
         if setting in ("allowed_providers", "default_provider"):
             configured = set(self.bot.service.providers)
             wanted = parsed if isinstance(parsed, tuple) else (parsed,) if parsed else ()
@@ -105,7 +111,7 @@ class SettingsCog(commands.GroupCog, group_name="fill-settings", group_descripti
         await self._announce(interaction, guild_id, [entry] if entry else [])
 
     @app_commands.command(name="block-term", description="Block a word or phrase in prompts, or strip it out.")
-    @app_commands.describe(term="Word or phrase (case and look-alike letters do not matter)",
+    @app_commands.describe(term='Word or phrase; 4+ letters also catch words starting with it; "quoted": whole words',
                            action="block: refuse the prompt; strip: remove the term and go on")
     async def block_term(
         self,

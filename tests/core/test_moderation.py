@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 
 import pytest
 
+from bot import moderation
 from bot.guild_settings import GuildSettings
 from bot.lifecycle.states import State
 from bot.moderation import (
+    FieldsResult,
     FilterResult,
     LimitDecision,
     LimitGate,
     TermFilter,
     admit,
+    blocked_notice,
     check_limits,
     compile_filter,
     guild_filter,
@@ -105,13 +107,108 @@ def test_stripping_cannot_assemble_a_blocked_word() -> None:
     assert terms.check("a s foo s").blocked_term == "ass"
 
 
-def test_regex_metacharacters_are_escaped() -> None:
-    terms = TermFilter([("c++", "strip"), ("x(.*)", "block"), ("a|b", "block")])
-    assert terms.check("I write C++ daily").stripped_prompt == "I write daily"
-    assert terms.check("cpp and c").blocked_term is None
+def test_punctuation_in_a_term_separates_its_words_and_is_never_pattern_syntax() -> None:
+    terms = TermFilter([("x(.*)", "block"), ("a|b", "block"), ("bad-word", "strip")])
     assert terms.check("xyz and a or b").blocked_term is None
-    assert terms.check("literally x(.*) here").blocked_term == "x(.*)"
-    assert terms.check("a|b").blocked_term == "a|b"
+    assert terms.check("literally x(.*) here").blocked_term == "x(.*)"  # the word "x"
+    assert terms.check("a|b").blocked_term == "a|b" and terms.check("a b").blocked_term == "a|b"
+    assert terms.check("a bad word here").stripped_prompt == "a here"
+
+
+WORDS = TermFilter([("nude", "block"), ("kill", "block"), ("ass", "block"), ("tit", "block"), ("cunt", "block"),
+                    ('"hell"', "block"), ("“cock”", "block"), ("pussy", "block")])
+
+
+@pytest.mark.parametrize(("prompt", "term"), [
+    # plurals and compounds: terms of 4+ letters match words that start with them, shorter ones their plural
+    ("nudes", "nude"), ("a nudebeach", "nude"), ("killers", "kill"), ("asses", "ass"), ("two tits", "tit"),
+    ("pussies", "pussy"), ("hells", '"hell"'), ("cocks", "“cock”"), ("Nudity", None), ("denude", None),
+    # separators other than spaces between letters written one by one
+    ("n/u/d/e", "nude"), ("n*u*d*e", "nude"), ("n,u,d,e", "nude"), ("n.u.d.e", "nude"), ("n_u_d_e", "nude"),
+    ("n - u - d - e s", "nude"), ("n|u|d|e", "nude"), ("k;i;l;l", "kill"),
+    # leetspeak: 1, | and a capital I read as i or as l; ! as i
+    ("ki11", "kill"), ("ki||", "kill"), ("k1ll", "kill"), ("kiII", "kill"), ("KILL", "kill"), ("4$$!", "ass"),
+    ("t!t", "tit"),
+    # look-alike letters outside any hand-made table: Armenian, small capitals, fullwidth, Cherokee, enclosed
+    ("ոսde", "nude"), ("ɴᴜᴅᴇ", "nude"), ("ｎｕｄｅ", "nude"), ("Ꮶill", "kill"), ("🅽🆄🅳🅴", "nude"),
+    ("🇳🇺🇩🇪", "nude"), ("𝐧𝐮𝐝𝐞", "nude"), ("ⓝⓤⓓⓔ", "nude"), ("кill", "kill"), ("nüde", "nude"),
+    # invisible fillers: nothing inside a word, a space between words
+    ("nu\u3164de", "nude"), ("nu\u2800de", "nude"), ("n\u2800u\u2800d\u2800e", "nude"), ("big\u3164ass", "ass"),
+    ("big\u2800ass", "ass"), ("big\u200bass", "ass"),
+])
+def test_evasions_in_issue_10_are_caught(prompt: str, term: str | None) -> None:
+    assert WORDS.check(prompt).blocked_term == term
+
+
+@pytest.mark.parametrize("prompt", [
+    "a class photo", "my assistant", "Scunthorpe", "a title card", "hello world", "a sea shell", "skill tree",
+    "a kilt", "titanic", "assess the damage", "a cocktail", "a passage", "bass", "a mass of clouds", "heil",
+    "helium", "a 1000 piece puzzle", "Wow! Amazing!", "cat|dog", "I like it", "a b c d e",
+])
+def test_innocent_words_pass(prompt: str) -> None:
+    assert WORDS.check(prompt) == FilterResult(None, prompt, ())
+
+
+def test_terms_in_scripts_without_spaces_match_inside_sentences() -> None:
+    terms = TermFilter([("死ね", "block"), ("ฆ่า", "block"), ("блядь", "block")])
+    assert terms.check("お前は死ね!").blocked_term == "死ね"
+    assert terms.check("อย่าฆ่าเขา").blocked_term == "ฆ่า"
+    assert terms.check("死んだね").blocked_term is None
+    assert terms.check("ты БЛЯДЬ").blocked_term == "блядь"  # Cyrillic still goes by words
+
+
+def test_i_and_l_stay_apart_unless_the_prompt_leaves_it_open() -> None:
+    heil = TermFilter([("heil", "block")])
+    assert heil.check("hell").blocked_term is None and heil.check("heil").blocked_term == "heil"
+    assert heil.check("he1l").blocked_term == "heil" and heil.check("HEIL").blocked_term == "heil"
+    assert TermFilter([("kill", "block")]).check("k1l1").blocked_term is None  # documented: one reading per text
+
+
+@pytest.mark.parametrize("code", [
+    0x00AD, 0x034F, 0x061C, 0x115F, 0x1160, 0x17B4, 0x180B, 0x180E, 0x200B, 0x200C, 0x200D, 0x200E, 0x202A,
+    0x2060, 0x2064, 0x2066, 0x3164, 0xFE00, 0xFE0F, 0xFEFF, 0xFFA0, 0x1BCA0, 0x1D173, 0xE0001, 0xE0041, 0xE01EF,
+])
+def test_every_default_ignorable_code_point_is_invisible(code: int) -> None:
+    """A sample across the blocks Unicode's Default_Ignorable_Code_Point covers (the filter reads the property)."""
+    filler = chr(code)
+    assert WORDS.check(f"nu{filler}de").blocked_term == "nude"
+    assert WORDS.check(f"big{filler}ass").blocked_term == "ass"
+
+
+def test_strip_takes_plurals_and_compounds_whole() -> None:
+    terms = TermFilter([("ugly", "strip"), ("ass", "strip")])
+    result = terms.check("an UGLYFACE cat, uglies and asses; a class act")
+    assert result == FilterResult(None, "an cat, and ; a class act", ("ugly", "ass"))
+
+
+def test_a_term_hidden_inside_another_refuses_instead_of_stripping_again() -> None:
+    terms = TermFilter([("ugly", "strip")])
+    assert terms.check("u g ugly l y") == FilterResult("ugly", "u g ugly l y", ())
+    assert terms.check("ugly u g l y ugly").stripped_prompt == ""  # all found at once: nothing hidden
+
+
+def test_a_block_term_beats_a_strip_term_with_the_same_letters() -> None:
+    assert TermFilter([("b4d", "strip"), ("bad", "block")]).check("so bad").blocked_term == "bad"
+    assert TermFilter([("bad", "block"), ("b4d", "strip")]).check("so bad").blocked_term == "bad"
+
+
+def test_check_fields_names_the_field_and_strips_only_free_text() -> None:
+    terms = TermFilter([("ugly", "strip"), ("nude", "block")])
+    clean = terms.check_fields({"prompt": "an ugly vase", "lora": "owner/watercolour"})
+    assert clean == FieldsResult(None, None, {"prompt": "an vase", "lora": "owner/watercolour"}, ("ugly",))
+    lora = terms.check_fields({"prompt": "a vase", "lora": "https://example.com/n-u-d-e.safetensors"})
+    assert (lora.blocked_term, lora.blocked_field, lora.blocked) == ("nude", "lora", True)
+    # A LoRA name cannot lose a word without naming something else: any term refuses it.
+    stripped = terms.check_fields({"prompt": "a vase", "lora": "ugly-style"})
+    assert (stripped.blocked_term, stripped.blocked_field) == ("ugly", "lora")
+    assert terms.check_fields({"prompt": "nudes", "lora": "x"}).blocked_field == "prompt"
+    assert terms.check_fields({"caption": "ugly"}, strippable=("caption",)).values == {"caption": ""}
+
+
+def test_blocked_notice_names_who_where_and_which_term() -> None:
+    notice = blocked_notice(1001, 3001, "nude")
+    assert "<@1001>" in notice and "<#3001>" in notice and "“nude”" in notice and "prompt" in notice
+    assert "lora" in blocked_notice(1001, 3001, "nude", "lora")
 
 
 def test_empty_filter_and_cache() -> None:
@@ -121,12 +218,27 @@ def test_empty_filter_and_cache() -> None:
     assert compile_filter((("ass", "strip"),)) is not first
 
 
-def test_large_filter_is_fast() -> None:
-    terms = TermFilter([(f"word{n}x", "block") for n in range(500)] + [("ass", "strip")])
-    prompt = "a very long prompt with many words and a class or two " * 36  # ~2000 characters
-    started = time.perf_counter()
-    assert terms.check(prompt).blocked_term is None
-    assert time.perf_counter() - started < 0.5
+def test_a_crafted_prompt_is_read_at_most_twice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each strip used to reveal the next "a b" and cost a whole pass: now one pass, one re-check, refused."""
+    terms = TermFilter([(f"word{n}x", "block") for n in range(500)] + [("ab", "strip")])
+    calls: list[str] = []
+    monkeypatch.setattr(moderation, "normalise", lambda text: calls.append(text) or normalise(text))
+    crafted = "a " * 500 + "b " * 500
+    assert terms.check(crafted) == FilterResult("ab", crafted, ())
+    assert len(calls) == 2
+
+
+def test_terms_made_to_overlap_cost_no_more_than_the_prompt_is_long(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hostile server's terms "aa", "aaa", … "a"×100 would find ~100 occurrences per letter of "a a a …"."""
+    terms = TermFilter([("a" * k, "strip") for k in range(2, 101)])
+    made: list[object] = []
+    hit = moderation._Hit
+    monkeypatch.setattr(moderation, "_Hit", lambda *args: made.append(args) or hit(*args))
+    prompt = "a " * 1000
+    result = terms.check(prompt)
+    assert result.blocked and result.stripped_prompt == prompt  # refused rather than counted to the end
+    assert len(made) <= len(prompt)
+    assert terms.check("a a a").stripped_prompt == ""  # an ordinary number of occurrences is stripped
 
 
 async def test_guild_filter_follows_storage(store: Storage) -> None:

@@ -501,16 +501,17 @@ async def test_blocked_term_refuses_before_anything_reaches_the_provider(
     fake_replicate.duration = 0.05
     async with serve(make_bot(**env(replicate=fake_replicate))) as h:
         await block_term(h, "dragon")
-        # upper case, fullwidth letters, a Cyrillic а, s.p.a.c.e.d letters
-        for prompt in ("a red DRAGON", "a red ｄｒａｇｏｎ", "a red drаgon", "a red d.r.a.g.o.n"):
+        # upper case, fullwidth letters, a Cyrillic а, s.p.a.c.e.d letters, a plural and a compound
+        for prompt in ("a red DRAGON", "a red ｄｒａｇｏｎ", "a red drаgon", "a red d.r.a.g.o.n", "two dragons",
+                       "a dragonfly"):
             text = await refused(h, fill(h, prompt))
             assert "“dragon”" in text, (prompt, text)
         assert fake_replicate.count("POST", "create") == 0
         assert await store(h).recent_jobs(MEMBER.id) == []
 
         await block_term(h, "ass")
-        await run_fill(h, "a class photo of a dragonfly")  # whole words only
-        assert [p.input["prompt"] for p in fake_replicate.predictions.values()] == ["a class photo of a dragonfly"]
+        await run_fill(h, "a class photo of a snapdragon")  # terms match at the start of words only
+        assert [p.input["prompt"] for p in fake_replicate.predictions.values()] == ["a class photo of a snapdragon"]
 
 
 async def test_strip_term_is_removed_from_the_prompt_and_told_privately(

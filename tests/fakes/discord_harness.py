@@ -207,6 +207,7 @@ class DiscordHarness:
         self._saved_base: str | None = None
         self._capture = _ErrorCapture()
         self._command_ids: dict[tuple[str, int, int | None], int] = {}
+        self._other_guilds: dict[int, str] = {}
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -247,16 +248,31 @@ class DiscordHarness:
         await bot.login(self.token)
         if self.cache_guild:
             bot._connection._add_guild_from_data(self._guild_payload())  # type: ignore[arg-type]
+            for guild_id, name in self._other_guilds.items():
+                bot._connection._add_guild_from_data(self._guild_payload(guild_id, name))  # type: ignore[arg-type]
         if self.ready:
             bot._ready.set()
             bot.dispatch("ready")
 
-    def _guild_payload(self) -> dict[str, Any]:
+    def add_guild(self, guild_id: int, name: str, channels: Sequence[FakeChannel]) -> None:
+        """Another server the bot is in, with its own channels, as a second GUILD_CREATE would add it (kept across
+        `restart`). Interactions in its channels carry its id: the same users act there as its members."""
+        for channel in channels:
+            if channel.guild_id != guild_id:
+                raise ValueError(f"channel {channel.id} belongs to guild {channel.guild_id}, not {guild_id}")
+            self.fake.add_channel(channel)
+        self._other_guilds[guild_id] = name
+        if self.cache_guild:
+            self.bot._connection._add_guild_from_data(self._guild_payload(guild_id, name))  # type: ignore[arg-type]
+
+    def _guild_payload(self, guild_id: int | None = None, name: str | None = None) -> dict[str, Any]:
+        """GUILD_CREATE data for the test guild, or for another one added with `add_guild`."""
+        guild_id = self.guild_id if guild_id is None else guild_id
         everyone = MEMBER_PERMISSIONS.value
         role = {"color": 0, "colors": {"primary_color": 0}, "hoist": False, "icon": None, "flags": 0}
         return {
-            "id": str(self.guild_id),
-            "name": self.guild_name,
+            "id": str(guild_id),
+            "name": name or self.guild_name,
             "icon": None,
             "owner_id": str(OWNER.id),
             "afk_timeout": 300,
@@ -277,7 +293,7 @@ class DiscordHarness:
             "roles": [
                 {
                     **role,
-                    "id": str(self.guild_id),
+                    "id": str(guild_id),
                     "name": "@everyone",
                     "permissions": str(everyone),
                     "position": 0,
@@ -304,7 +320,7 @@ class DiscordHarness:
                     "mentionable": True,
                 },
             ],
-            "channels": [c.to_payload() for c in self.fake.channels.values() if c.guild_id == self.guild_id],
+            "channels": [c.to_payload() for c in self.fake.channels.values() if c.guild_id == guild_id],
             "members": [
                 {
                     "user": dict(self.fake.bot_user),
