@@ -14,11 +14,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bot import __version__
-from bot.config import PROVIDER_NAMES, Settings, load_settings
+from bot.config import Settings, load_settings
 from bot.errors import ConfigError, UserError
 from bot.jobs import JobUpdate
 from bot.lifecycle.states import State
 from bot.params import SPECS, Delivery, EditRequest, Field, FillRequest, MaskOptions, Value
+from bot.providers.registry import PROVIDER_NAMES
 
 log = logging.getLogger(__name__)
 
