@@ -1,6 +1,6 @@
 """One entry per provider: its models, picture sizing, safety controls, settings and client.
 
-Settings, the pipeline, per-server safety and the service read this table, so each fact about
+Settings, the pipeline, per-server safety, the service and the slash options read this table, so each fact about
 a provider is written once: a new provider brings its spec tables (bot/params.py), its sizing rules if none fits
 (bot/imaging/sizing.py), its client module and one entry here. `bot.config` reads the table at import, so it stays
 as cheap as plain data: sizing rules are named rather than imported (imaging loads NumPy and OpenCV), and client
@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from bot.params import SPECS, ModelSpec, Operation, Value
+from bot.params import SPECS, Field, ModelSpec, Operation, Value
 
 if TYPE_CHECKING:
     import httpx
@@ -164,3 +164,40 @@ PROVIDERS: Mapping[str, ProviderEntry] = {
 }
 PROVIDER_NAMES: tuple[str, ...] = tuple(PROVIDERS)
 
+
+@dataclass(frozen=True)
+class Span:
+    """The widest range a front end may offer for one option; the chosen model still checks its own."""
+
+    minimum: float
+    maximum: float
+
+
+def _offered(operation: Operation) -> list[tuple[ProviderEntry, Field]]:
+    return [
+        (entry, field)
+        for entry in PROVIDERS.values()
+        for spec in entry.specs
+        if spec.operation == operation
+        for field in spec.user_fields
+    ]
+
+
+def option_span(operation: Operation, name: str) -> Span:
+    """The range of option `name` that covers every provider able to run `operation`.
+
+    Whole-number options keep whole-number ends: discord.py wants both ends of a range in the option's type.
+    """
+    fields = [f for _, f in _offered(operation) if f.name == name]
+    ends = [(f.minimum, f.maximum) for f in fields if f.minimum is not None and f.maximum is not None]
+    if not ends:
+        raise ValueError(f"No /{operation} model has a ranged option {name!r}.")
+    number = int if fields[0].kind is int else float
+    return Span(number(min(low for low, _ in ends)), number(max(high for _, high in ends)))
+
+
+def option_note(operation: Operation, name: str) -> str:
+    """Which providers take option `name` for `operation`, with their ranges: `Replicate 1 to 50, BFL 15 to 50`."""
+    return ", ".join(
+        f"{entry.label} {field.range_text()}".rstrip() for entry, field in _offered(operation) if field.name == name
+    )

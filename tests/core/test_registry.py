@@ -20,6 +20,9 @@ from bot.providers.registry import (
     SAFETY_MAX,
     SAFETY_MIN,
     ProviderEntry,
+    Span,
+    option_note,
+    option_span,
 )
 from bot.service import build_providers
 
@@ -120,4 +123,36 @@ def test_config_and_registry_import_without_pictures_http_or_discord() -> None:
     code = f"import sys, bot.config; print([m for m in {heavy!r} if m in sys.modules])"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+# -- what the slash options may advertise -------------------------------------------------------------------
+
+
+def test_option_span_covers_every_provider_that_runs_the_operation() -> None:
+    assert option_span("fill", "steps") == Span(1, 50)  # Replicate 1–50, BFL 15–50, WaveSpeed 1–50
+    assert option_span("fill", "guidance") == Span(0.0, 100.0)
+    assert option_span("fill", "lora_scale") == Span(-1.0, 4.0)  # Replicate -1–3, WaveSpeed 0–4
+    assert option_span("edit", "steps") == Span(4, 50)  # only Replicate's Kontext has steps
+    assert option_span("edit", "guidance") == Span(0.0, 10.0)
+
+
+def test_option_span_ends_have_the_options_type() -> None:
+    steps, guidance = option_span("fill", "steps"), option_span("fill", "guidance")
+    assert type(steps.minimum) is type(steps.maximum) is int
+    assert type(guidance.minimum) is type(guidance.maximum) is float
+
+
+def test_option_span_of_an_option_no_model_ranges_is_an_error() -> None:
+    with pytest.raises(ValueError, match="megapixels"):
+        option_span("fill", "megapixels")
+    with pytest.raises(ValueError, match="outputs"):
+        option_span("edit", "outputs")
+
+
+def test_option_note_names_each_provider_with_its_own_range() -> None:
+    assert option_note("edit", "steps") == "Replicate 4 to 50"
+    assert option_note("fill", "outputs") == "Replicate 1 to 4, BFL 1, WaveSpeed 1 to 4"
+    assert option_note("fill", "prompt_upsampling") == "BFL"
+    assert option_note("edit", "prompt_upsampling") == "BFL"
+    assert option_note("fill", "nonexistent") == ""
 
