@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bot import __version__
-from bot.config import PROVIDER_NAMES, Settings, load_settings
+from bot.config import Settings, load_settings
 from bot.errors import ConfigError, UserError
 from bot.lifecycle.sink import Ending, Progress, Receipt
 from bot.lifecycle.states import State
 from bot.params import SPECS, Delivery, EditRequest, Field, FillRequest, MaskOptions, Value, request_to_json
+from bot.providers.registry import PROVIDER_NAMES
 from bot.storage import JobRecord, OutputMeta
 
 if TYPE_CHECKING:

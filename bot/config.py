@@ -16,10 +16,9 @@ from urllib.parse import urlsplit
 from dotenv import dotenv_values
 
 from bot.errors import ConfigError
+from bot.providers.registry import PROVIDER_NAMES, PROVIDERS
 
 log = logging.getLogger(__name__)
-
-PROVIDER_NAMES = ("replicate", "bfl", "wavespeed", "local")
 
 
 class Secret:
@@ -72,12 +71,8 @@ class Settings:
 
     @property
     def available_providers(self) -> tuple[str, ...]:
-        """Providers with credentials, plus `local`, in a stable order."""
-        return tuple(
-            name
-            for name in PROVIDER_NAMES
-            if name == "local" or (name in self.providers and self.providers[name].api_key is not None)
-        )
+        """Providers with credentials, plus those that need none, in the registry's order."""
+        return _available(self.providers)
 
     def require_discord_token(self) -> Secret:
         if self.discord_token is None:
@@ -88,22 +83,12 @@ class Settings:
         return self.discord_token
 
 
-_DEFAULT_URLS = {
-    "replicate": "https://api.replicate.com/v1",
-    "bfl": "https://api.bfl.ai/v1",
-    "wavespeed": "https://api.wavespeed.ai/api/v3",
-    "local": "local:",
-}
-_KEY_VARS = {"replicate": "REPLICATE_API_TOKEN", "bfl": "BFL_API_KEY", "wavespeed": "WAVESPEED_API_KEY"}
-_URL_VARS = {"replicate": "REPLICATE_BASE_URL", "bfl": "BFL_BASE_URL", "wavespeed": "WAVESPEED_BASE_URL"}
-# BFL allows 24 active tasks per account; WaveSpeed's entry tier allows 2 (docs/providers.md §3, §4).
-_DEFAULT_CONCURRENCY = {"replicate": 8, "bfl": 24, "wavespeed": 2, "local": 1}
-_CONCURRENCY_VARS = {
-    "replicate": "REPLICATE_MAX_CONCURRENCY",
-    "bfl": "BFL_MAX_CONCURRENCY",
-    "wavespeed": "WAVESPEED_MAX_CONCURRENCY",
-    "local": "LOCAL_MAX_CONCURRENCY",
-}
+def _available(providers: Mapping[str, ProviderSettings]) -> tuple[str, ...]:
+    return tuple(
+        name
+        for name, entry in PROVIDERS.items()
+        if entry.env.key is None or (name in providers and providers[name].api_key is not None)
+    )
 
 
 class _Reader:
@@ -167,13 +152,14 @@ def load_settings(env: Mapping[str, str] | None = None, *, env_file: str | os.Pa
     read = _Reader(env)
 
     providers: dict[str, ProviderSettings] = {}
-    for name in PROVIDER_NAMES:
-        key = read.secret(_KEY_VARS[name]) if name in _KEY_VARS else None
-        url = read.url(_URL_VARS[name], _DEFAULT_URLS[name]) if name in _URL_VARS else _DEFAULT_URLS[name]
-        limit = read.integer(_CONCURRENCY_VARS[name], _DEFAULT_CONCURRENCY[name], minimum=1, maximum=1000)
+    for name, entry in PROVIDERS.items():
+        names = entry.env
+        key = read.secret(names.key) if names.key else None
+        url = read.url(names.base_url, names.default_base_url) if names.base_url else names.default_base_url
+        limit = read.integer(names.concurrency, names.default_concurrency, minimum=1, maximum=1000)
         providers[name] = ProviderSettings(name=name, base_url=url, api_key=key, max_concurrency=limit)
 
-    available = [n for n in PROVIDER_NAMES if n == "local" or providers[n].api_key is not None]
+    available = _available(providers)
     default_provider = read.text("DEFAULT_PROVIDER", available[0])
     assert default_provider is not None
     default_provider = default_provider.lower()
@@ -183,7 +169,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, env_file: str | os.Pa
         )
     if default_provider not in available:
         raise ConfigError(
-            f"DEFAULT_PROVIDER={default_provider!r} has no key: set {_KEY_VARS[default_provider]} "
+            f"DEFAULT_PROVIDER={default_provider!r} has no key: set {PROVIDERS[default_provider].env.key} "
             f"or choose one of {', '.join(available)}."
         )
 

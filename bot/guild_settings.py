@@ -13,14 +13,12 @@ import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from bot.config import PROVIDER_NAMES
 from bot.errors import UserError
 from bot.params import SPECS, Value
+from bot.providers.registry import PROVIDER_NAMES, PROVIDERS, SAFETY_MAX, SAFETY_MIN
 
 log = logging.getLogger(__name__)
 
-SAFETY_MIN = 0
-SAFETY_MAX = 6
 FLAGGED_OUTPUT_ACTIONS = ("withhold", "spoiler")
 CHANNEL_MODES = ("all", "list")
 MAX_COOLDOWN_SECONDS = 86_400
@@ -326,21 +324,14 @@ def effective_safety(
 
     Outside age-restricted channels nothing is ever looser than `safety`: a channel override can only tighten
     there (so a channel that loses its NSFW flag cannot keep a loose override). In NSFW channels the level is
-    the override if set, else `nsfw_safety`.
-    BFL: `safety_tolerance` = level. Replicate: `disable_safety_checker` only in an NSFW channel at level 6.
-    WaveSpeed and local have no control to send.
+    the override if set, else `nsfw_safety`. Each provider's registry entry turns the level into its controls.
     """
     level = settings.nsfw_safety if channel_is_nsfw else settings.safety
     source = "nsfw channel" if channel_is_nsfw else "server"
     if override is not None and override.safety is not None:
         level = override.safety if channel_is_nsfw else min(override.safety, settings.safety)
         source = "channel override"
-    internal: dict[str, Mapping[str, Value]] = {
-        "bfl": {"safety_tolerance": level},
-        "replicate": {"disable_safety_checker": channel_is_nsfw and level == SAFETY_MAX},
-        "wavespeed": {},
-        "local": {},
-    }
+    internal = {name: entry.safety(level, channel_is_nsfw) for name, entry in PROVIDERS.items()}
     flagged = "spoiler" if channel_is_nsfw and settings.flagged_outputs == "spoiler" else "withhold"
     return SafetyDecision(level, channel_is_nsfw, source, flagged, internal)
 

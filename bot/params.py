@@ -54,10 +54,18 @@ class Field:
         if self.kind is bool:
             return "true or false"
         if self.minimum is not None and self.maximum is not None:
-            lo, hi = _fmt(self.minimum), _fmt(self.maximum)
+            if self.minimum == self.maximum:
+                return f"only {self.range_text()}"
             kind = "a whole number" if self.kind is int else "a number"
-            return f"{kind} from {lo} to {hi}" if lo != hi else f"only {lo}"
+            return f"{kind} from {self.range_text()}"
         return "text" if self.kind is str else "a number"
+
+    def range_text(self) -> str:
+        """`4 to 50` (`1` when both ends are equal) for errors and help; empty for options without a range."""
+        if self.minimum is None or self.maximum is None:
+            return ""
+        lo, hi = _fmt(self.minimum), _fmt(self.maximum)
+        return lo if lo == hi else f"{lo} to {hi}"
 
     def check(self, value: Value, where: str) -> Value:
         """Return `value` coerced to this field's type, or raise naming what is allowed."""

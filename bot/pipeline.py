@@ -27,21 +27,12 @@ from bot.imaging import (
     load_image,
     mask_preview,
     resize_for,
-    sizing,
     soften,
     target_size,
 )
 from bot.params import EditRequest, FillRequest, ModelSpec
 from bot.providers.base import InputImage, ProviderJob
-
-SIZING: dict[tuple[str, str], SizingRule] = {
-    ("replicate", "fill"): sizing.REPLICATE_FILL,
-    ("replicate", "edit"): sizing.KONTEXT,
-    ("bfl", "fill"): sizing.BFL_FILL,
-    ("bfl", "edit"): sizing.KONTEXT,
-    ("wavespeed", "fill"): sizing.WAVESPEED_FILL,
-    ("local", "fill"): sizing.LOCAL,
-}
+from bot.providers.registry import PROVIDERS
 
 
 @dataclass(frozen=True)
@@ -80,7 +71,7 @@ class Finished:
 
 
 def sizing_rule(spec: ModelSpec) -> SizingRule:
-    return SIZING[(spec.provider, spec.operation)]
+    return PROVIDERS[spec.provider].sizing_rule(spec.operation)
 
 
 def _to_provider(image: Image.Image, spec: ModelSpec) -> tuple[Image.Image, InputImage]:

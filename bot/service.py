@@ -25,11 +25,8 @@ from bot.imaging import Limits
 from bot.params import EditRequest, FillRequest, MaskOptions
 from bot.pipeline import Finished, JobInputs, Prepared, finish, prepare_edit, prepare_fill
 from bot.providers.base import Provider
-from bot.providers.bfl import BFLProvider
 from bot.providers.http import Downloader
-from bot.providers.local import LocalProvider
-from bot.providers.replicate import ReplicateProvider
-from bot.providers.wavespeed import WaveSpeedProvider
+from bot.providers.registry import PROVIDERS
 
 log = logging.getLogger(__name__)
 
@@ -46,17 +43,11 @@ def _cpu_count() -> int:
 def build_providers(
     settings: Settings, downloader: Downloader, transport: httpx.AsyncBaseTransport | None = None
 ) -> dict[str, Provider]:
-    """One client per provider that has credentials, plus the key-free local provider."""
-    providers: dict[str, Provider] = {"local": LocalProvider()}
-    for name in settings.available_providers:
-        config = settings.providers[name]
-        if name == "replicate":
-            providers[name] = ReplicateProvider(config, downloader, transport=transport)
-        elif name == "bfl":
-            providers[name] = BFLProvider(config, downloader, transport=transport)
-        elif name == "wavespeed":
-            providers[name] = WaveSpeedProvider(config, downloader, transport=transport)
-    return providers
+    """One client per provider that has credentials or needs none, made by its registry entry."""
+    return {
+        name: PROVIDERS[name].client(settings.providers[name], downloader, transport)
+        for name in settings.available_providers
+    }
 
 
 class FillService:

@@ -19,7 +19,7 @@ from bot.errors import UserError
 from bot.imaging.loading import megabytes
 from bot.params import (
     KONTEXT_ASPECT_RATIOS,
-    SEED_MAX,
+    MAX_PROMPT_CHARS,
     Delivery,
     EditRequest,
     FillRequest,
@@ -27,6 +27,7 @@ from bot.params import (
     Value,
 )
 from bot.pipeline import Prepared
+from bot.providers.registry import option_note, option_span
 from cogs.errors import SafeModal
 from cogs.jobflow import Admission, Request, flow
 
@@ -38,6 +39,15 @@ log = logging.getLogger(__name__)
 ACCEPTED_TYPES = ("image/png", "image/jpeg", "image/webp", "image/gif")
 OutputFormat = Literal["png", "jpeg", "webp"]
 Megapixels = Literal["1", "0.25", "match_input"]
+# Option ranges span every provider's spec for the command; the chosen provider checks its own before any work.
+FILL_SEED = option_span("fill", "seed")
+FILL_STEPS = option_span("fill", "steps")
+FILL_GUIDANCE = option_span("fill", "guidance")
+FILL_OUTPUTS = option_span("fill", "outputs")
+FILL_LORA_SCALE = option_span("fill", "lora_scale")
+EDIT_SEED = option_span("edit", "seed")
+EDIT_STEPS = option_span("edit", "steps")
+EDIT_GUIDANCE = option_span("edit", "guidance")
 
 
 def check_attachment(attachment: discord.Attachment, what: str, max_bytes: int) -> None:
@@ -91,34 +101,35 @@ class FillCog(commands.Cog):
         invert_mask="Repaint the black part of the mask instead of the white part.",
         provider="Which AI service runs the job (default: the server's choice).",
         seed="Same seed + same options = same result.",
-        steps="Denoising steps (range depends on the provider).",
-        guidance="How strictly to follow the prompt (range depends on the provider).",
-        outputs="How many images to make (1-4, if the provider and server allow).",
+        steps=f"Denoising steps ({option_note('fill', 'steps')}).",
+        guidance=f"How strictly to follow the prompt ({option_note('fill', 'guidance')}).",
+        outputs=f"How many images to make ({option_note('fill', 'outputs')}), if the server allows.",
         output_format="File type of the results.",
-        megapixels="Working size on Replicate (the result is fitted back to your picture).",
-        prompt_upsampling="Let the provider rewrite the prompt for more creative results (BFL).",
+        megapixels=f"Working size ({option_note('fill', 'megapixels')}); the result is fitted back to your picture.",
+        prompt_upsampling=f"Let the provider rewrite the prompt for more creative results "
+        f"({option_note('fill', 'prompt_upsampling')}).",
         lora="LoRA weights: a Replicate model, Hugging Face, CivitAI or .safetensors URL.",
-        lora_scale="LoRA strength.",
+        lora_scale=f"LoRA strength ({option_note('fill', 'lora_scale')}).",
         composite="Keep every pixel outside the mask exactly as in your picture (default: yes).",
     )
     async def fill(
         self,
         interaction: discord.Interaction,
         image: discord.Attachment,
-        prompt: app_commands.Range[str, 0, 2000] = "",
+        prompt: app_commands.Range[str, 0, MAX_PROMPT_CHARS] = "",
         mask: discord.Attachment | None = None,
         region: app_commands.Range[str, 1, 60] | None = None,
         invert_mask: bool = False,
         provider: str | None = None,
-        seed: app_commands.Range[int, 0, SEED_MAX] | None = None,
-        steps: app_commands.Range[int, 1, 50] | None = None,
-        guidance: app_commands.Range[float, 0.0, 100.0] | None = None,
-        outputs: app_commands.Range[int, 1, 4] | None = None,
+        seed: app_commands.Range[int, FILL_SEED.minimum, FILL_SEED.maximum] | None = None,
+        steps: app_commands.Range[int, FILL_STEPS.minimum, FILL_STEPS.maximum] | None = None,
+        guidance: app_commands.Range[float, FILL_GUIDANCE.minimum, FILL_GUIDANCE.maximum] | None = None,
+        outputs: app_commands.Range[int, FILL_OUTPUTS.minimum, FILL_OUTPUTS.maximum] | None = None,
         output_format: OutputFormat = "png",
         megapixels: Megapixels | None = None,
         prompt_upsampling: bool | None = None,
         lora: app_commands.Range[str, 1, 500] | None = None,
-        lora_scale: app_commands.Range[float, -1.0, 4.0] | None = None,
+        lora_scale: app_commands.Range[float, FILL_LORA_SCALE.minimum, FILL_LORA_SCALE.maximum] | None = None,
         composite: bool = True,
     ) -> None:
         options: dict[str, Value | None] = {
@@ -173,10 +184,10 @@ class FillCog(commands.Cog):
         prompt='What to change, e.g. "make the car red".',
         provider="Which AI service runs the job (default: the server's choice).",
         aspect_ratio="Shape of the result; match_input_image keeps your picture's.",
-        steps="Denoising steps (Replicate: 4-50).",
-        guidance="How strictly to follow the instruction (Replicate: 0-10).",
+        steps=f"Denoising steps ({option_note('edit', 'steps')}).",
+        guidance=f"How strictly to follow the instruction ({option_note('edit', 'guidance')}).",
         seed="Same seed + same options = same result.",
-        go_fast="Faster, slightly lower quality on hard instructions (Replicate).",
+        go_fast=f"Faster, slightly lower quality on hard instructions ({option_note('edit', 'go_fast')}).",
         output_format="File type of the result.",
     )
     @app_commands.choices(aspect_ratio=[app_commands.Choice(name=r, value=r) for r in KONTEXT_ASPECT_RATIOS])
@@ -184,12 +195,12 @@ class FillCog(commands.Cog):
         self,
         interaction: discord.Interaction,
         image: discord.Attachment,
-        prompt: app_commands.Range[str, 1, 2000],
+        prompt: app_commands.Range[str, 1, MAX_PROMPT_CHARS],
         provider: str | None = None,
         aspect_ratio: str | None = None,
-        steps: app_commands.Range[int, 1, 50] | None = None,
-        guidance: app_commands.Range[float, 0.0, 100.0] | None = None,
-        seed: app_commands.Range[int, 0, SEED_MAX] | None = None,
+        steps: app_commands.Range[int, EDIT_STEPS.minimum, EDIT_STEPS.maximum] | None = None,
+        guidance: app_commands.Range[float, EDIT_GUIDANCE.minimum, EDIT_GUIDANCE.maximum] | None = None,
+        seed: app_commands.Range[int, EDIT_SEED.minimum, EDIT_SEED.maximum] | None = None,
         go_fast: bool | None = None,
         output_format: OutputFormat = "png",
     ) -> None:

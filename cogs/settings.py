@@ -14,13 +14,13 @@ from discord.ext import commands
 
 from bot.errors import UserError
 from bot.guild_settings import (
-    SAFETY_MAX,
     SETTING_DESCRIPTIONS,
     SETTING_NAMES,
     AuditEntry,
     format_value,
     parse_setting,
 )
+from bot.providers.registry import SAFETY_MAX
 from cogs.channels import own_text_channel
 from cogs.rendering import FIELD_VALUE_MAX, truncate
 

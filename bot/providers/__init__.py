@@ -1,1 +1,1 @@
-"""Provider clients: one module per provider, one shared interface (`base.Provider`)."""
+"""Provider clients: one module per provider, one shared interface (`base.Provider`), one `registry` entry each."""

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from bot.config import ConfigError, load_settings
+from bot.providers.registry import PROVIDERS, ProviderEntry
 
 
 def test_defaults_give_local_provider_only() -> None:
@@ -66,3 +69,32 @@ def test_env_file_is_read_and_environment_wins(tmp_path, monkeypatch) -> None:
     settings = load_settings(env_file=env_file)
     assert settings.poll_interval == 2.5
     assert settings.job_deadline == 200
+
+
+@pytest.mark.parametrize("entry", list(PROVIDERS.values()), ids=lambda entry: entry.name)
+def test_each_provider_is_configured_by_its_registry_variables(entry: ProviderEntry) -> None:
+    env = entry.env
+    defaults = load_settings({}).providers[entry.name]
+    assert (defaults.base_url, defaults.max_concurrency) == (env.default_base_url, env.default_concurrency)
+    given = {env.concurrency: "7"}
+    if env.key is not None:
+        given[env.key] = "k-123"
+    if env.base_url is not None:
+        given[env.base_url] = "https://proxy.example/v9/"
+    settings = load_settings(given)
+    configured = settings.providers[entry.name]
+    assert configured.max_concurrency == 7
+    assert configured.base_url == ("https://proxy.example/v9" if env.base_url else env.default_base_url)
+    assert entry.name in settings.available_providers
+    assert (configured.api_key is None) == (env.key is None)
+
+
+def test_env_example_documents_every_provider_variable_with_its_default() -> None:
+    example = (Path(__file__).parents[2] / ".env.example").read_text()
+    for entry in PROVIDERS.values():
+        env = entry.env
+        assert f"# {env.concurrency}={env.default_concurrency}\n" in example
+        if env.key is not None:
+            assert f"\n{env.key}=\n" in example
+        if env.base_url is not None:
+            assert f"# {env.base_url}={env.default_base_url}\n" in example

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from bot.config import PROVIDER_NAMES
 from bot.guild_settings import (
     SETTING_DESCRIPTIONS,
     ChannelOverride,
@@ -24,6 +23,7 @@ from bot.guild_settings import (
     usable_providers,
 )
 from bot.params import EditRequest, FillRequest
+from bot.providers.registry import PROVIDER_NAMES
 from bot.storage import Storage
 
 GUILD = 10

@@ -9,9 +9,11 @@ from bot.params import (
     BFL_FILL,
     REPLICATE_FILL,
     REPLICATE_KONTEXT,
+    SPECS,
     WAVESPEED_FILL,
     Delivery,
     EditRequest,
+    Field,
     FillRequest,
     MaskOptions,
     request_from_json,
@@ -108,3 +110,21 @@ def test_request_json_round_trip() -> None:
     assert again == request
     edit = EditRequest.build("bfl", "make it red", {"aspect_ratio": "16:9"})
     assert request_from_json(request_to_json(edit)) == edit
+
+
+def test_range_text_is_shared_by_errors_and_option_help() -> None:
+    assert Field("n", int, "", minimum=4, maximum=50).range_text() == "4 to 50"
+    assert Field("n", int, "", minimum=1, maximum=1).range_text() == "1"
+    assert Field("x", float, "", minimum=1.5, maximum=100).range_text() == "1.5 to 100"
+    assert Field("b", bool, "").range_text() == ""
+    assert Field("n", int, "", minimum=1, maximum=1).allowed() == "only 1"
+    assert Field("x", float, "", minimum=0, maximum=10).allowed() == "a number from 0 to 10"
+
+
+def test_options_sharing_a_name_share_a_type_across_models() -> None:
+    """The slash commands offer one option per name for every provider, so its type must agree."""
+    kinds: dict[tuple[str, str], set[type]] = {}
+    for spec in SPECS:
+        for f in spec.user_fields:
+            kinds.setdefault((spec.operation, f.name), set()).add(f.kind)
+    assert {key: k for key, k in kinds.items() if len(k) > 1} == {}
