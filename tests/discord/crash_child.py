@@ -1,9 +1,11 @@
 """A real bot process for crash tests: `python -m tests.discord.crash_child CONFIG.json`.
 
 It logs in against the test's fake Discord API (whose address is in the config), caches the test guild as a
-GUILD_CREATE would, feeds the given INTERACTION_CREATE payloads through discord.py's gateway parser, and then
-serves them until it is killed. With `crash_at`, it kills itself with SIGKILL at that point of a job — the way
-a crashed process stops: no `finally`, no clean shutdown, only what is already on disk survives.
+GUILD_CREATE would, prints "ready", then feeds the INTERACTION_CREATE payloads it reads from stdin (one JSON
+list) through discord.py's gateway parser, and serves them until it is killed. Payloads come only once it is
+ready, so a slow start cannot make them miss Discord's 3-second window. With `crash_at`, it kills itself with
+SIGKILL at that point of a job — the way a crashed process stops: no `finally`, no clean shutdown, only what is
+already on disk survives.
 """
 
 from __future__ import annotations
@@ -67,7 +69,9 @@ async def main(config_path: str) -> None:
     bot._connection._add_guild_from_data(config["guild"])
     bot._ready.set()
     bot.dispatch("ready")
-    for payload in config["payloads"]:
+    print("ready", flush=True)
+    payloads = json.loads(await asyncio.to_thread(sys.stdin.readline))
+    for payload in payloads:
         bot._connection.parsers["INTERACTION_CREATE"](payload)
     print("dispatched", flush=True)
     await asyncio.Event().wait()

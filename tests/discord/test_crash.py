@@ -68,20 +68,27 @@ async def child_bot(
     h: DiscordHarness, env: dict[str, str], payloads: list[dict[str, Any]], tmp_path: Path,
     crash_at: str | None = None,
 ) -> AsyncIterator[Child]:
-    for payload in payloads:
-        h.fake.register_interaction(payload, created_at=h.fake.now())
     config = tmp_path / "child.json"
     config.write_text(json.dumps({
-        "api_base": h.fake.api_base, "token": h.token, "guild": h._guild_payload(), "payloads": payloads,
-        "crash_at": crash_at, "env": env,
+        "api_base": h.fake.api_base, "token": h.token, "guild": h._guild_payload(), "crash_at": crash_at,
+        "env": env,
     }))
     log = config.with_suffix(".log")
-    with log.open("wb") as out:
+    with log.open("wb") as err:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "tests.discord.crash_child", str(config), cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=out, stderr=out,
+            env={**os.environ, "PYTHONPATH": str(ROOT)}, stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, stderr=err,
         )
     child = Child(proc, log)
+    assert proc.stdin is not None and proc.stdout is not None
+    async with asyncio.timeout(60):
+        line = await proc.stdout.readline()
+    assert line.strip() == b"ready", f"child did not start: {log.read_text()}"
+    for payload in payloads:  # created now: the child answers within Discord's 3 seconds
+        h.fake.register_interaction(payload, created_at=h.fake.now())
+    proc.stdin.write(json.dumps(payloads).encode() + b"\n")
+    await proc.stdin.drain()
     try:
         yield child
     finally:
