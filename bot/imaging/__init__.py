@@ -5,16 +5,20 @@ Pure Pillow/NumPy/OpenCV code with no Discord imports; CPU-bound, so callers run
 
 from __future__ import annotations
 
-from bot.imaging.compositing import composite, fit_result
+from bot.imaging.compositing import Filled, composite, fit_result
 from bot.imaging.encoding import (
+    AUTO,
     MIME_TYPES,
     PROVIDER_MIME,
+    Encoded,
+    Pictures,
+    auto_format,
     encode,
     encode_for_provider,
     encode_mask,
     fit_under,
 )
-from bot.imaging.loading import ACCEPTED, Limits, LoadedImage, load_image
+from bot.imaging.loading import ACCEPTED, Limits, LoadedImage, load_image, sniff_format
 from bot.imaging.masks import (
     MaskResult,
     Region,
@@ -40,6 +44,7 @@ from bot.imaging.sizing import (
 
 __all__ = [
     "ACCEPTED",
+    "AUTO",
     "BFL_FILL",
     "KONTEXT",
     "LOCAL",
@@ -48,11 +53,15 @@ __all__ = [
     "PROVIDER_MIME",
     "REPLICATE_FILL",
     "WAVESPEED_FILL",
+    "Encoded",
+    "Filled",
     "Limits",
     "LoadedImage",
     "MaskResult",
+    "Pictures",
     "Region",
     "SizingRule",
+    "auto_format",
     "build_mask",
     "composite",
     "encode",
@@ -68,6 +77,7 @@ __all__ = [
     "parse_region",
     "replicate_output_size",
     "resize_for",
+    "sniff_format",
     "soften",
     "target_size",
 ]
