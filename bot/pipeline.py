@@ -29,6 +29,7 @@ from bot.imaging import (
     fit_under,
     load_image,
     mask_preview,
+    require_kept_area,
     resize_for,
     sizing,
     sniff_format,
@@ -101,7 +102,10 @@ def prepare_fill(image_data: bytes, mask_data: bytes | None, request: FillReques
     result = build_mask(loaded, mask_data, request.mask.region, limits, invert=request.mask.invert)
     mask = soften(result.mask, grow=request.mask.grow) if request.mask.grow else result.mask
     # The provider sees the picture without transparency (resize_for drops it): the mask says what to repaint.
-    sized, sized_mask = resize_for(sizing_rule(request.spec), loaded.image, mask)
+    rule = sizing_rule(request.spec)
+    sized, sized_mask = resize_for(rule, loaded.image, mask)
+    if rule.needs_kept_pixels:
+        require_kept_area(sized_mask, request.spec.provider)
     image_input = InputImage(encode_for_provider(sized), PROVIDER_MIME, sized.size)
     mask_input = InputImage(encode_mask(sized_mask), "image/png", sized_mask.size)
     job = ProviderJob(request.spec, request.prompt, request.params, image_input, mask_input)

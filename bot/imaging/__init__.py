@@ -27,6 +27,7 @@ from bot.imaging.masks import (
     mask_from_attachment,
     mask_from_region,
     parse_region,
+    require_kept_area,
     soften,
 )
 from bot.imaging.preview import PREVIEW_MIME, mask_preview
@@ -76,6 +77,7 @@ __all__ = [
     "mask_preview",
     "parse_region",
     "replicate_output_size",
+    "require_kept_area",
     "resize_for",
     "sniff_format",
     "soften",
