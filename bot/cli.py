@@ -19,7 +19,17 @@ from bot.config import Settings, load_settings
 from bot.errors import ConfigError, UserError
 from bot.lifecycle.sink import Ending, Progress, Receipt
 from bot.lifecycle.states import State
-from bot.params import SPECS, Delivery, EditRequest, Field, FillRequest, MaskOptions, Value, request_to_json
+from bot.params import (
+    OUTPUT_FORMATS,
+    SPECS,
+    Delivery,
+    EditRequest,
+    Field,
+    FillRequest,
+    MaskOptions,
+    Value,
+    request_to_json,
+)
 from bot.providers.registry import PROVIDER_NAMES
 from bot.storage import JobRecord, OutputMeta
 
@@ -97,7 +107,8 @@ def _add_common(parser: argparse.ArgumentParser, operation: str) -> None:
     able = [name for name in PROVIDER_NAMES if any(s.provider == name and s.operation == operation for s in SPECS)]
     parser.add_argument("--prompt", "-p", default="", help="what should appear / what to change")
     parser.add_argument("--provider", choices=able, help="default: DEFAULT_PROVIDER")
-    parser.add_argument("--format", dest="output_format", default="png", choices=("png", "jpeg", "webp"))
+    parser.add_argument("--format", dest="output_format", default="auto", choices=OUTPUT_FORMATS,
+                        help="auto (default): the kind of the input picture, at full resolution")
     parser.add_argument("--quality", type=int, default=90, help="1-100, for jpeg and webp")
     parser.add_argument("-o", "--out", type=Path, default=Path("out"), help="directory for the results")
 

@@ -22,7 +22,7 @@ Operation = Literal["fill", "edit"]
 
 MAX_PROMPT_CHARS = 2000
 SEED_MAX = 2_147_483_647
-OUTPUT_FORMATS = ("png", "jpeg", "webp")
+OUTPUT_FORMATS = ("auto", "png", "jpeg", "webp")
 KONTEXT_ASPECT_RATIOS = (
     "match_input_image", "1:1", "16:9", "21:9", "3:2", "2:3", "4:5", "5:4", "3:4", "4:3", "9:16", "9:21",
 )
@@ -322,9 +322,10 @@ def check_prompt(prompt: str, spec: ModelSpec) -> str:
 
 @dataclass(frozen=True)
 class Delivery:
-    """How finished images are handed back: our own encoding, whatever the provider returned."""
+    """How finished images are handed back: our own encoding, whatever the provider returned. "auto" answers
+    in the upload's kind (a JPEG photo as JPEG, a PNG as PNG) so full resolution fits Discord's limit."""
 
-    output_format: str = "png"
+    output_format: str = "auto"
     output_quality: int = 90
     composite: bool = True
 

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ACCEPTED_TYPES = ("image/png", "image/jpeg", "image/webp", "image/gif")
-OutputFormat = Literal["png", "jpeg", "webp"]
+OutputFormat = Literal["auto", "png", "jpeg", "webp"]
 Megapixels = Literal["1", "0.25", "match_input"]
 # Option ranges span every provider's spec for the command; the chosen provider checks its own before any work.
 FILL_SEED = option_span("fill", "seed")
@@ -104,7 +104,7 @@ class FillCog(commands.Cog):
         steps=f"Denoising steps ({option_note('fill', 'steps')}).",
         guidance=f"How strictly to follow the prompt ({option_note('fill', 'guidance')}).",
         outputs=f"How many images to make ({option_note('fill', 'outputs')}), if the server allows.",
-        output_format="File type of the results.",
+        output_format="File type of the results (auto: like your picture, full resolution).",
         megapixels=f"Working size ({option_note('fill', 'megapixels')}); the result is fitted back to your picture.",
         prompt_upsampling=f"Let the provider rewrite the prompt for more creative results "
         f"({option_note('fill', 'prompt_upsampling')}).",
@@ -125,7 +125,7 @@ class FillCog(commands.Cog):
         steps: app_commands.Range[int, FILL_STEPS.minimum, FILL_STEPS.maximum] | None = None,
         guidance: app_commands.Range[float, FILL_GUIDANCE.minimum, FILL_GUIDANCE.maximum] | None = None,
         outputs: app_commands.Range[int, FILL_OUTPUTS.minimum, FILL_OUTPUTS.maximum] | None = None,
-        output_format: OutputFormat = "png",
+        output_format: OutputFormat = "auto",
         megapixels: Megapixels | None = None,
         prompt_upsampling: bool | None = None,
         lora: app_commands.Range[str, 1, 500] | None = None,
@@ -188,7 +188,7 @@ class FillCog(commands.Cog):
         guidance=f"How strictly to follow the instruction ({option_note('edit', 'guidance')}).",
         seed="Same seed + same options = same result.",
         go_fast=f"Faster, slightly lower quality on hard instructions ({option_note('edit', 'go_fast')}).",
-        output_format="File type of the result.",
+        output_format="File type of the result (auto: like your picture, full resolution).",
     )
     @app_commands.choices(aspect_ratio=[app_commands.Choice(name=r, value=r) for r in KONTEXT_ASPECT_RATIOS])
     async def edit(
@@ -202,7 +202,7 @@ class FillCog(commands.Cog):
         guidance: app_commands.Range[float, EDIT_GUIDANCE.minimum, EDIT_GUIDANCE.maximum] | None = None,
         seed: app_commands.Range[int, EDIT_SEED.minimum, EDIT_SEED.maximum] | None = None,
         go_fast: bool | None = None,
-        output_format: OutputFormat = "png",
+        output_format: OutputFormat = "auto",
     ) -> None:
         check_attachment(image, "image", self.bot.settings.max_attachment_bytes)
         options: dict[str, Value | None] = {

@@ -5,16 +5,20 @@ Pure Pillow/NumPy/OpenCV code with no Discord imports; CPU-bound, so callers run
 
 from __future__ import annotations
 
-from bot.imaging.compositing import composite, fit_result
+from bot.imaging.compositing import Filled, composite, fit_result
 from bot.imaging.encoding import (
+    AUTO,
     MIME_TYPES,
     PROVIDER_MIME,
+    Encoded,
+    Pictures,
+    auto_format,
     encode,
     encode_for_provider,
     encode_mask,
     fit_under,
 )
-from bot.imaging.loading import ACCEPTED, Limits, LoadedImage, load_image
+from bot.imaging.loading import ACCEPTED, Limits, LoadedImage, load_image, sniff_format
 from bot.imaging.masks import (
     MaskResult,
     Region,
@@ -23,6 +27,7 @@ from bot.imaging.masks import (
     mask_from_attachment,
     mask_from_region,
     parse_region,
+    require_kept_area,
     soften,
 )
 from bot.imaging.preview import PREVIEW_MIME, mask_preview
@@ -40,6 +45,7 @@ from bot.imaging.sizing import (
 
 __all__ = [
     "ACCEPTED",
+    "AUTO",
     "BFL_FILL",
     "KONTEXT",
     "LOCAL",
@@ -48,11 +54,15 @@ __all__ = [
     "PROVIDER_MIME",
     "REPLICATE_FILL",
     "WAVESPEED_FILL",
+    "Encoded",
+    "Filled",
     "Limits",
     "LoadedImage",
     "MaskResult",
+    "Pictures",
     "Region",
     "SizingRule",
+    "auto_format",
     "build_mask",
     "composite",
     "encode",
@@ -67,7 +77,9 @@ __all__ = [
     "mask_preview",
     "parse_region",
     "replicate_output_size",
+    "require_kept_area",
     "resize_for",
+    "sniff_format",
     "soften",
     "target_size",
 ]

@@ -44,6 +44,8 @@ _LOOKS_LIKE: tuple[tuple[bytes, int, str], ...] = (
     (b"8BPS", 0, "a Photoshop file"),
     (b"\x00\x00\x01\x00", 0, "an icon file"),
 )
+# Magic bytes of the accepted formats: (prefix, offset, loader format name).
+_MAGIC = ((b"\xff\xd8\xff", 0, "JPEG"), (b"\x89PNG\r\n\x1a\n", 0, "PNG"), (b"GIF8", 0, "GIF"), (b"WEBP", 8, "WEBP"))
 _BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
 
 
@@ -122,6 +124,15 @@ def decode(
         raise ImageError(f"{subject} is too large to process right now. Try a smaller picture.") from None
     except Exception as exc:
         raise _broken(subject, exc) from None
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The format `data` says it is ("PNG", "JPEG", "WEBP" or "GIF"), from magic bytes only: nothing is decoded,
+    so it is safe on stored bytes when all that matters is what kind of picture the user sent."""
+    for magic, offset, name in _MAGIC:
+        if data[offset : offset + len(magic)] == magic and (name != "WEBP" or data[:4] == b"RIFF"):
+            return name
+    return None
 
 
 def _check_size(subject: str, width: int, height: int, limits: Limits) -> None:

@@ -30,6 +30,14 @@ _INVERT = [255 - v for v in range(256)]
 _NOT_OPAQUE = [FILL] * 255 + [KEEP]
 _CLEAR = [FILL] + [KEEP] * 255
 _WIPED_SHARE = 0.98  # per channel; all three at 98% means at least 94% of pixels share one colour
+# Above this share of the picture, a mask was more likely drawn the wrong way round than meant.
+MOSTLY = 0.75
+# A mask attachment "is a photo" when, in a sample of about 256 px on the long side, at least 10% of pixels are
+# colourful (channels 48+ apart), 25% are neither dark nor light, and there are 100+ distinct colours at 4 bits
+# per channel. The test photos score 35-83%, 66-97% and 225-700; masks (JPEG-compressed or blurred) score 0%,
+# under 10% and under 20; a mask drawn with a flat coloured brush has 2-22 colours.
+_PHOTO_SAMPLE = 256
+_PHOTO_COLOURFUL, _PHOTO_BETWEEN, _PHOTO_COLOURS = 0.10, 0.25, 100
 
 _NUMBER = r"\s*(\d+(?:\.\d+)?)\s*(%?)\s*"
 _REGION = re.compile(rf"^{_NUMBER},{_NUMBER},{_NUMBER},{_NUMBER}$")
@@ -115,7 +123,7 @@ def mask_from_attachment(
 ) -> MaskResult:
     """Read a mask picture of any mode or bit depth: white (>= 128) repaints, or opaque strokes if it has alpha."""
     mask, notices = _attachment_mask(data, image_size, limits, invert=invert)
-    return _finish(mask, "mask", notices)
+    return _finish(mask, "mask", notices, inverted=invert)
 
 
 def mask_from_alpha(image: Image.Image) -> MaskResult:
@@ -146,20 +154,33 @@ def build_mask(
                 "transparent parts outside the mask stay transparent."
             )
         mask, more = _attachment_mask(mask_data, size, limits, invert=invert)
-        return _finish(mask, "mask", (*notices, *more))
+        return _finish(mask, "mask", (*notices, *more), inverted=invert)
     if region:
         if has_alpha:
             notices.append(
                 "The picture's transparent parts are not repainted because a region was given; they stay transparent."
             )
         mask, more, filled = _region_mask(parse_region(region), size, invert=invert)
-        return _finish(mask, "region", (*notices, *more), filled=filled)
+        return _finish(mask, "region", (*notices, *more), filled=filled, inverted=invert)
     if not has_alpha:
         raise MaskError(NO_MASK)
     mask, more = _alpha_mask(loaded.image)
     if invert:
         mask = mask.point(_INVERT)
-    return _finish(mask, "alpha", (*notices, *more))
+    return _finish(mask, "alpha", (*notices, *more), inverted=invert)
+
+
+def require_kept_area(mask: Image.Image, provider: str) -> None:
+    """Refuse a fill area with nothing kept around it, for a provider that only spreads the kept pixels inward
+    (OpenCV inpainting): it would hand the picture back unchanged, a job reported done that did nothing."""
+    if mask.mode != "L":
+        mask = mask.convert("L")
+    if not any(mask.histogram()[:128]):
+        raise MaskError(
+            f"The fill area covers the whole picture, so the `{provider}` provider has nothing to work from: it "
+            "repaints by spreading the surrounding pixels inward and would return the picture unchanged. Keep part "
+            "of the picture out of the fill area, or choose an AI provider, which can regenerate a whole picture."
+        )
 
 
 def soften(mask: Image.Image, *, grow: int = 0, feather: int = 0) -> Image.Image:
@@ -204,11 +225,32 @@ def _attachment_mask(
         grey = picture.getchannel("A")
         notices.append("The mask has transparent parts, so its opaque strokes are the area to repaint.")
     else:
+        if _looks_like_photo(picture):
+            raise MaskError(
+                "The mask looks like a colour photo, not a mask. A mask is black and white: white = repaint, "
+                "black = keep, the same shape as the picture. Attach that, or give `region` instead."
+            )
         grey = picture if picture.mode == "L" else picture.convert("L")
     if grey.size != image_size:
         grey = _match_size(grey, image_size)
         notices.append(f"Mask was {picture.width}x{picture.height}, resized to {image_size[0]}x{image_size[1]}.")
     return grey.point(_THRESHOLD_INVERTED if invert else _THRESHOLD), notices
+
+
+def _looks_like_photo(picture: Image.Image) -> bool:
+    """A colourful picture full of in-between shades and distinct colours (see `_PHOTO_SAMPLE`): a photo attached
+    by mistake, which thresholding would turn into a meaningless speckled area."""
+    if picture.mode not in ("RGB", "RGBA"):
+        return False
+    scale = min(1.0, _PHOTO_SAMPLE / max(picture.size))
+    size = (max(1, round(picture.width * scale)), max(1, round(picture.height * scale)))
+    values = np.asarray(picture.resize(size, Image.Resampling.NEAREST).convert("RGB"), dtype=np.int16)
+    colourful = float(np.mean(values.max(axis=2) - values.min(axis=2) >= 48))
+    luma = values.mean(axis=2)
+    between = float(np.mean((luma > 48) & (luma < 208)))
+    bins = values // 16
+    colours = len(np.unique(bins[..., 0] * 256 + bins[..., 1] * 16 + bins[..., 2]))
+    return colourful >= _PHOTO_COLOURFUL and between >= _PHOTO_BETWEEN and colours >= _PHOTO_COLOURS
 
 
 def _match_size(mask: Image.Image, image_size: tuple[int, int]) -> Image.Image:
@@ -273,9 +315,18 @@ def _region_mask(region: Region, image_size: tuple[int, int], *, invert: bool) -
 
 
 def _finish(
-    mask: Image.Image, source: str, notices: tuple[str, ...] | list[str], *, filled: int | None = None
+    mask: Image.Image,
+    source: str,
+    notices: tuple[str, ...] | list[str],
+    *,
+    filled: int | None = None,
+    inverted: bool = False,
 ) -> MaskResult:
-    """Check the coverage of a hard mask (`filled` pixels, counted here unless known) and wrap it up."""
+    """Check the coverage of a hard mask (`filled` pixels, counted here unless known) and wrap it up.
+
+    A mask attachment or an inverted area that covers most of the picture gets a notice: drawing a mask the
+    wrong way round is a common slip, and the job would repaint nearly everything.
+    """
     total = mask.width * mask.height
     if filled is None:
         filled = mask.histogram()[FILL]
@@ -283,6 +334,11 @@ def _finish(
         what = {"mask": "The mask", "alpha": "The transparency", "region": "The region"}[source]
         raise MaskError(f"{what} selects nothing to repaint: white = repaint, black = keep. Maybe you need `invert`.")
     extra: tuple[str, ...] = ()
+    share = math.floor(filled * 100 / total)
     if filled == total:
         extra = ("The fill area covers the whole picture, so all of it will be regenerated.",)
+    elif inverted and filled > MOSTLY * total:
+        extra = (f"The inverted area covers {share}% of the picture: did you mean to leave `invert_mask` off?",)
+    elif source == "mask" and filled > MOSTLY * total:
+        extra = (f"The mask covers {share}% of the picture: did you mean `invert_mask`?",)
     return MaskResult(mask=mask, coverage=filled / total, source=source, notices=(*notices, *extra))

@@ -28,6 +28,8 @@ class SizingRule:
     min_side: int
     max_pixels: int | None
     same_size_mask: bool
+    # True for inpainting that only spreads the kept pixels inward (no AI): it cannot repaint a whole picture.
+    needs_kept_pixels: bool = False
 
 
 # Replicate flux-fill-dev/pro: cog-flux floors to multiples of 32 and fits 1440x1440 itself; doing it here
@@ -50,7 +52,9 @@ BFL_FILL = SizingRule(
 # side at 1440, no rounding (rounding would only distort), no upscaling of small pictures.
 KONTEXT = SizingRule(name="kontext", multiple=1, max_side=1440, min_side=32, max_pixels=None, same_size_mask=True)
 # Local OpenCV inpainting is O(pixels x radius): 1024 px keeps it to about a second on a small VPS.
-LOCAL = SizingRule(name="local", multiple=1, max_side=1024, min_side=32, max_pixels=None, same_size_mask=True)
+LOCAL = SizingRule(
+    name="local", multiple=1, max_side=1024, min_side=32, max_pixels=None, same_size_mask=True, needs_kept_pixels=True
+)
 
 
 def target_size(rule: SizingRule, size: tuple[int, int]) -> tuple[int, int]:

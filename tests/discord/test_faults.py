@@ -276,7 +276,7 @@ async def test_expired_output_url(make_bot, fake_replicate: FakeReplicate) -> No
         assert not h.errors
 
 
-async def test_output_too_large_for_discord_is_downscaled_with_a_notice(make_bot, fake_bfl: FakeBFL) -> None:
+async def test_output_too_large_for_discord_keeps_full_resolution_with_a_notice(make_bot, fake_bfl: FakeBFL) -> None:
     rng = np.random.default_rng(7)
     noise = Image.fromarray(rng.integers(0, 256, (2048, 2048, 3), dtype=np.uint8))
     buf = io.BytesIO()
@@ -295,9 +295,9 @@ async def test_output_too_large_for_discord_is_downscaled_with_a_notice(make_bot
         total = sum(a.size for a in message.attachments)
         assert 0 < total <= 10 * MiB
         result = decode(message.attachments[0].data)
-        assert result.width < 2048 and result.width == result.height
+        assert result.size == (2048, 2048) and result.format == "JPEG"  # lossy before smaller
         notes = next(f["value"] for f in message.embeds[0]["fields"] if f["name"] == "Notes")
-        assert "downscaled" in notes and "upload limit" in notes
+        assert "saved as JPEG" in notes and "upload limit" in notes
         assert not h.errors
 
 
