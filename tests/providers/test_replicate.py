@@ -466,7 +466,7 @@ async def test_create_timeout_is_maybe_submitted(make: Any, monkeypatch: pytest.
 
 async def test_create_429_is_retried_then_succeeds(make: Any) -> None:
     rig = await make(duration=0.02)
-    rig.fake.faults.create.extend([Fault.rate_limited(resets_in=1), Fault.rate_limited(retry_after="0")])
+    rig.fake.faults.create.extend([Fault.rate_limited(resets_in=0.01), Fault.rate_limited(retry_after="0")])
     _, status = await rig.provider.submit(fill_job())
     assert status.state is State.SUCCEEDED
     assert rig.fake.count("POST", "create") == 3 and len(rig.fake.predictions) == 1
@@ -474,10 +474,19 @@ async def test_create_429_is_retried_then_succeeds(make: Any) -> None:
 
 async def test_create_429_exhausted_is_rate_limited(make: Any) -> None:
     rig = await make()
-    rig.fake.faults.create.extend([Fault.rate_limited(resets_in=30)] * FAST.attempts)
+    rig.fake.faults.create.extend([Fault.rate_limited(resets_in=0.01)] * FAST.attempts)
+    error = await _raises(rig.provider.submit(fill_job()))
+    assert error.kind == "rate_limited" and error.retry_after == 0.01
+    assert rig.fake.count("POST", "create") == FAST.attempts and rig.fake.predictions == {}
+
+
+async def test_create_429_with_a_long_reset_says_when_to_retry(make: Any) -> None:
+    rig = await make()
+    rig.fake.faults.create.append(Fault.rate_limited(resets_in=30))
     error = await _raises(rig.provider.submit(fill_job()))
     assert error.kind == "rate_limited" and error.retry_after == 30
-    assert rig.fake.count("POST", "create") == FAST.attempts and rig.fake.predictions == {}
+    assert error.message == f"{rig.provider.label} is rate-limiting the bot; try again in about 30 s."
+    assert rig.fake.count("POST", "create") == 1 and rig.fake.predictions == {}
 
 
 async def test_create_persistent_status(make: Any) -> None:
@@ -498,7 +507,7 @@ async def test_create_persistent_status(make: Any) -> None:
         [Fault.cut()],
         [Fault.slow(1.0)],
         [Fault.rate_limited(retry_after="0")],
-        [Fault.rate_limited(resets_in=30)],
+        [Fault.rate_limited(resets_in=0.01)],
     ],
     ids=["500x2", "html502", "503-504", "reset", "cut", "slow", "429-retry-after", "429-resets-in"],
 )
