@@ -13,29 +13,29 @@ import ipaddress
 import json
 import logging
 import math
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
 
-from bot.config import ProviderSettings
-from bot.errors import ConfigError, ProviderError
+from bot.errors import ProviderError
 from bot.lifecycle.states import State
 from bot.params import BFL_FILL, BFL_KONTEXT, Value
-from bot.providers.base import Handle, Output, Provider, ProviderJob, Status
-from bot.providers.http import Downloader, ProviderHTTP, RetryPolicy
+from bot.providers.base import Handle, Output, ProviderJob, Status
+from bot.providers.http import clean_text, content_policy_message, is_content_policy
+from bot.providers.remote import DETAIL_CAP, MSG_GONE, HTTPProvider
 
 log = logging.getLogger(__name__)
 
+_CODE = re.compile(r"[a-z0-9]+(?:_[a-z0-9]+)+")  # a snake_case error code, e.g. generation_timeout
+
 LABEL = "Black Forest Labs"
 BFL_DOMAIN = "bfl.ai"
-_DETAIL_CAP = 500
-DEFAULT_RETRY = RetryPolicy()
 
 _MSG_REQUEST_MODERATED = "Your request was flagged by the provider's moderation before it ran; nothing was charged."
 _MSG_CONTENT_MODERATED = "The result was flagged by the provider's moderation and withheld; nothing was charged."
 _MSG_ERROR = "The provider reported an error while making the image; try again, perhaps with other settings."
-_MSG_NOT_FOUND = "The provider no longer knows this job (it expired or never existed)."
 _MSG_NO_SAMPLE = "The provider reported the job as finished but sent no image."
 
 
@@ -91,39 +91,36 @@ def _progress(value: Any) -> float | None:
 
 def _detail(data: Mapping[str, Any]) -> str:
     """Error/moderation details for logs only (never shown: they may name moderation reasons)."""
-    parts = {k: data[k] for k in ("details", "error") if data.get(k) is not None}
+    parts = {k: data[k] for k in ("details", "error", "message") if data.get(k) is not None}
     text = json.dumps(parts, default=str) if parts else ""
-    return text[:_DETAIL_CAP]
+    return text[:DETAIL_CAP]
 
 
-class BFLProvider(Provider):
+def _error_reason(data: Mapping[str, Any]) -> str:
+    """The provider's own words for an `Error` status: its `message`, else its `error` (a bare code such as
+    `generation_timeout` is spelled out), made safe to show; "" when it gave none."""
+    for key in ("message", "error"):
+        value = data.get(key)
+        if isinstance(value, str) and value.strip():
+            text = value.strip()
+            return clean_text(text.replace("_", " ") if _CODE.fullmatch(text) else text, 200)
+    return ""
+
+
+class BFLProvider(HTTPProvider):
     """BFL's async API: POST a job, poll its `polling_url`, download `result.sample` right away."""
 
     name = "bfl"
+    label = LABEL
     supports_cancel = False  # no cancel endpoint is documented
 
-    def __init__(
-        self,
-        settings: ProviderSettings,
-        downloader: Downloader,
-        *,
-        transport: httpx.AsyncBaseTransport | None = None,
-        timeout: httpx.Timeout | None = None,
-        retry: RetryPolicy = DEFAULT_RETRY,
-    ) -> None:
-        if settings.api_key is None:
-            raise ConfigError("BFL_API_KEY is not set; the bfl provider cannot be used without it.")
-        self.base_url = settings.base_url.rstrip("/")
-        self._downloader = downloader
-        self._http = ProviderHTTP(
-            label=LABEL,
-            base_url=self.base_url,
-            auth_headers={"x-key": settings.api_key.reveal()},
-            trusted=trusted_hosts(self.base_url),
-            timeout=timeout,
-            retry=retry,
-            transport=transport,
-        )
+    @staticmethod
+    def _auth_headers(key: str) -> dict[str, str]:
+        return {"x-key": key}
+
+    @staticmethod
+    def _trusted(base_url: str) -> Callable[[httpx.URL], bool]:
+        return trusted_hosts(base_url)
 
     def _body(self, job: ProviderJob) -> tuple[str, dict[str, Value]]:
         """The endpoint path and JSON body for a job; checks what BFL would reject so no request is wasted."""
@@ -153,17 +150,13 @@ class BFLProvider(Provider):
         _, data = await self._http.post_json(path, body)
         job_id = data.get("id") if isinstance(data, Mapping) else None
         if not isinstance(job_id, str) or not job_id:
-            log.warning("BFL submit answered without a job id: %.300r", data)
-            raise ProviderError(
-                "maybe_submitted",
-                f"{LABEL} accepted the request but returned no job id, so the job may exist; check before retrying.",
-            )
+            raise self._untrackable(data)
         polling_url = data.get("polling_url")
         if not isinstance(polling_url, str) or not polling_url:
             polling_url = str(self._http.url("get_result").copy_merge_params({"id": job_id}))
         elif not self._http.is_trusted(polling_url):
             # Kept in the handle; poll() refuses it so the key never leaves BFL's hosts.
-            log.warning("BFL job %s: polling_url is on an untrusted host (%s)", job_id, httpx.URL(polling_url).host)
+            log.warning("BFL job %s: polling_url is on an untrusted host (%s)", job_id, _host(polling_url))
         extra: dict[str, str] = {}
         if isinstance(data.get("cost"), int | float) and not isinstance(data.get("cost"), bool):
             extra["cost"] = str(data["cost"])
@@ -171,7 +164,8 @@ class BFLProvider(Provider):
         handle = Handle(provider=self.name, job_id=job_id, poll_url=polling_url)
         return handle, Status(State.STARTING, raw_status="submitted", extra=extra)
 
-    async def poll(self, handle: Handle) -> Status:
+    def _poll_target(self, handle: Handle) -> str:
+        """The job's own `polling_url` (BFL moves jobs between clusters), only while it is on a trusted host."""
         url = handle.poll_url or str(self._http.url("get_result").copy_merge_params({"id": handle.job_id}))
         if not self._http.is_trusted(url):
             log.warning("BFL job %s: refusing to poll untrusted polling_url host %r", handle.job_id, _host(url))
@@ -180,25 +174,19 @@ class BFLProvider(Provider):
                 f"{LABEL} gave a job address outside its own servers; the bot stopped the job rather than "
                 "send its API key there.",
             )
-        try:
-            data = await self._http.get_json(url)
-        except ProviderError as exc:
-            if exc.kind == "not_found":
-                return Status(State.EXPIRED, message=_MSG_NOT_FOUND, detail=str(exc), raw_status="HTTP 404")
-            raise
-        return self._status(handle, data)
+        return url
 
-    def _status(self, handle: Handle, data: Any) -> Status:
+    def _read_poll(self, handle: Handle, data: Any) -> Status:
         if not isinstance(data, Mapping) or not isinstance(data.get("status"), str):
-            log.warning("BFL job %s: unreadable poll answer %.300r", handle.job_id, data)
-            raise ProviderError("bad_response", f"{LABEL} sent a job status the bot could not read.")
+            raise self._unreadable(handle, data)
         raw = data["status"]
         if raw == "Ready":
             result = data.get("result")
             sample = result.get("sample") if isinstance(result, Mapping) else None
             if not isinstance(sample, str) or not sample:
-                return Status(State.FAILED, message=_MSG_NO_SAMPLE, detail=f"result={result!r}"[:_DETAIL_CAP],
-                              raw_status=raw)
+                return Status(
+                    State.FAILED, message=_MSG_NO_SAMPLE, detail=f"result={result!r}"[:DETAIL_CAP], raw_status=raw
+                )
             extra = {"seed": str(result["seed"])} if isinstance(result, Mapping) and "seed" in result else {}
             return Status(State.SUCCEEDED, outputs=(Output(sample),), raw_status=raw, extra=extra)
         if raw == "Request Moderated":
@@ -207,20 +195,18 @@ class BFLProvider(Provider):
             return Status(State.MODERATED, message=_MSG_CONTENT_MODERATED, detail=_detail(data), raw_status=raw)
         if raw == "Error":
             log.info("BFL job %s failed: %s", handle.job_id, _detail(data))
-            return Status(State.FAILED, message=_MSG_ERROR, detail=_detail(data), raw_status=raw)
+            if is_content_policy(data):
+                return Status(
+                    State.MODERATED, message=content_policy_message(LABEL), detail=_detail(data), raw_status=raw
+                )
+            reason = _error_reason(data)
+            message = f"{LABEL} could not make the image: {reason}" if reason else _MSG_ERROR
+            return Status(State.FAILED, message=message, detail=_detail(data), raw_status=raw)
         if raw == "Task not found":
-            return Status(State.EXPIRED, message=_MSG_NOT_FOUND, raw_status=raw)
+            return Status(State.EXPIRED, message=MSG_GONE, raw_status=raw)
         # "Pending" and anything newer ("Reasoning", "Generating", ...): still working; the engine's
-        # deadline bounds the wait.
+        # deadline bounds the wait. `progress` is often absent altogether (BFL's own examples omit it).
         return Status(State.RUNNING, progress=_progress(data.get("progress")), raw_status=raw)
-
-    async def download(self, output: Output) -> bytes:
-        """Fetch `result.sample` without the key. Its signed URL expires 10 minutes after the job finishes, so
-        call this as soon as the job succeeds."""
-        return await self._downloader.fetch(output.ref)
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
 
 
 def _host(url: str) -> str:

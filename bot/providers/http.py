@@ -13,6 +13,7 @@ import binascii
 import email.utils
 import json
 import logging
+import math
 import random
 import re
 import time
@@ -36,6 +37,7 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 _MESSAGE_CAP = 300
 _URL_RE = re.compile(r"(?:https?|ftp|wss?)://\S+|www\.\S+", re.IGNORECASE)
 _SECRET_RE = re.compile(r"(Bearer|Token|x-key)\s+\S+|\br8_[A-Za-z0-9]+|whsec_[A-Za-z0-9+/=]+", re.IGNORECASE)
+_CONTENT_POLICY_CODES = frozenset({"content_policy_violation"})
 _RESETS_IN_RE = re.compile(
     r"resets?\s+in\s+~?\s*(\d+(?:\.\d+)?)\s*(ms|s|sec|secs|seconds?|m|min|minutes?)?\b", re.IGNORECASE
 )
@@ -54,10 +56,15 @@ class RetryPolicy:
         delay = self.base_delay * 2.0**retry * random.uniform(0.8, 1.2)
         return max(0.0, min(self.max_delay, delay))
 
-    def delay(self, retry: int, hint: float | None) -> float:
+    def delay(self, retry: int, hint: float | None) -> float | None:
+        """Delay before retry number `retry`: the server's hint when it gave one, else backoff. None when the
+        hint is longer than `max_delay`: retrying sooner than asked is pointless, so the caller gives up and
+        reports the wait instead."""
         if hint is None:
             return self.backoff(retry)
-        return max(0.0, min(float(self.max_delay), float(hint)))
+        if hint > self.max_delay:
+            return None
+        return max(0.0, float(hint))
 
 
 def clean_text(text: str, cap: int = _MESSAGE_CAP) -> str:
@@ -75,8 +82,8 @@ def _log_text(text: str, cap: int = 2000) -> str:
 
 
 def retry_after(response: httpx.Response) -> float | None:
-    """Seconds the server asked us to wait: `Retry-After` (seconds or HTTP date) or Replicate's
-    "resets in ~Ns" body text; None when there is no usable hint."""
+    """Seconds the server asked us to wait: `Retry-After` (seconds or HTTP date), a JSON body's `retry_after`
+    (BFL) or Replicate's "resets in ~Ns" body text; None when there is no usable hint."""
     header = response.headers.get("retry-after", "").strip()
     if header:
         try:
@@ -89,6 +96,11 @@ def retry_after(response: httpx.Response) -> float | None:
         text = response.text
     except (UnicodeDecodeError, httpx.ResponseNotRead):
         return None
+    body = _parse_body(response)
+    if isinstance(body, Mapping):
+        hinted = _seconds(body.get("retry_after"))
+        if hinted is not None:
+            return hinted
     match = _RESETS_IN_RE.search(text[:4000])
     if match is None:
         return None
@@ -98,6 +110,17 @@ def retry_after(response: httpx.Response) -> float | None:
     if unit.startswith("m"):
         return value * 60
     return value
+
+
+def _seconds(value: Any) -> float | None:
+    """A non-negative finite number of seconds from a JSON number or numeric string, else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
 
 def _looks_like_date(value: str) -> bool:
@@ -124,6 +147,20 @@ def _field_name(raw: Any) -> str:
         return ".".join(parts)
     name = str(raw or "")
     return name.removeprefix("input.") if name != "input" else ""
+
+
+def _field_problems(details: Any) -> list[str]:
+    """`field: problem` lines from a `details` object ({field: problem or [problems]}) or list of strings."""
+    if isinstance(details, Mapping):
+        lines = []
+        for name, problem in details.items():
+            texts = problem if isinstance(problem, list) else [problem]
+            said = "; ".join(str(t) for t in texts if isinstance(t, str | int | float) and str(t).strip())
+            lines.append(f"{_field_name(name)}: {said}" if said else str(name))
+        return lines
+    if isinstance(details, list):
+        return [item for item in details if isinstance(item, str) and item.strip()]
+    return []
 
 
 def _problems(body: Any) -> list[str]:
@@ -160,6 +197,11 @@ def _problems(body: Any) -> list[str]:
             if line.strip()
         ]
         return lines
+    fields = _field_problems(body.get("details"))
+    if fields:
+        # BFL's `{"error", "message": "Invalid request parameters", "details": {field: problem}}`: the fields
+        # are the useful part.
+        return fields
     for key in ("message", "error", "msg", "title"):
         value = body.get(key)
         if isinstance(value, Mapping):
@@ -174,6 +216,30 @@ def _problems(body: Any) -> list[str]:
     return []
 
 
+def is_content_policy(body: Any) -> bool:
+    """True when an error body's code says the provider's content policy refused the job: BFL's top-level
+    `error` code, or the OpenAI-style `error.code` that aggregators answer with."""
+    if not isinstance(body, Mapping):
+        return False
+    error = body.get("error")
+    code = error.get("code") if isinstance(error, Mapping) else error
+    return isinstance(code, str) and code.strip().lower() in _CONTENT_POLICY_CODES
+
+
+def content_policy_message(label: str) -> str:
+    return (
+        f"{label} refused this request under its content policy, so nothing was charged; "
+        "try a different prompt or picture."
+    )
+
+
+def wait_text(seconds: float) -> str:
+    """"about 5 s" or "about 2 minutes": how long a user should wait before trying again."""
+    if seconds < 90:
+        return f"about {max(1, round(seconds))} s"
+    return f"about {round(seconds / 60)} minutes"
+
+
 def error_for_response(label: str, response: httpx.Response) -> ProviderError:
     """Turn a non-2xx response into a ProviderError whose message is safe to show a Discord user.
 
@@ -186,6 +252,8 @@ def error_for_response(label: str, response: httpx.Response) -> ProviderError:
     except (UnicodeDecodeError, httpx.ResponseNotRead):
         raw = "<undecodable body>"
     log.debug("%s answered HTTP %s (%s): %s", label, status, response.headers.get("content-type", "?"), _log_text(raw))
+    if 400 <= status <= 499 and is_content_policy(body):
+        return ProviderError("moderated", content_policy_message(label))
     problems = [clean_text(str(p), 160) for p in _problems(body) if str(p).strip()]
     reason = clean_text("; ".join(problems)) if problems else ""
     if status in (400, 422):
@@ -202,7 +270,7 @@ def error_for_response(label: str, response: httpx.Response) -> ProviderError:
         return ProviderError("not_found", f"{label} could not find that model or job (it may have expired).")
     if status == 429:
         wait = retry_after(response)
-        when = f" in about {max(1, round(wait))} s" if wait is not None else " in a minute"
+        when = f" in {wait_text(wait)}" if wait is not None else " in a minute"
         return ProviderError("rate_limited", f"{label} is rate-limiting the bot; try again{when}.", retry_after=wait)
     if 500 <= status <= 599:
         return ProviderError("unavailable", f"{label} is having trouble (HTTP {status}); try again in a few minutes.")
@@ -215,7 +283,8 @@ def _not_json(label: str) -> ProviderError:
     )
 
 
-def _maybe_submitted(label: str, why: str) -> ProviderError:
+def maybe_submitted(label: str, why: str) -> ProviderError:
+    """The create may have reached the provider (a job may exist and bill): say so, and never resend it."""
     return ProviderError(
         "maybe_submitted",
         f"{label} {why}, so the job may have been submitted; check before retrying to avoid paying twice.",
@@ -331,8 +400,8 @@ class ProviderHTTP:
                     raise _transport_error(self.label, exc) from exc
                 await asyncio.sleep(self.retry.backoff(attempt))
                 continue
-            if response.status_code in RETRY_STATUSES and not last:
-                delay = self.retry.delay(attempt, retry_after(response))
+            delay = self.retry.delay(attempt, retry_after(response)) if response.status_code in RETRY_STATUSES else None
+            if delay is not None and not last:
                 log.info(
                     "%s %s %s: HTTP %d, retrying in %.2f s (attempt %d/%d)",
                     self.label,
@@ -375,24 +444,24 @@ class ProviderHTTP:
                 # Nothing was sent: safe to report as a plain outage.
                 raise _transport_error(self.label, exc) from exc
             except httpx.TimeoutException as exc:
-                raise _maybe_submitted(self.label, "did not answer in time") from exc
+                raise maybe_submitted(self.label, "did not answer in time") from exc
             except httpx.TransportError as exc:
-                raise _maybe_submitted(self.label, "dropped the connection") from exc
+                raise maybe_submitted(self.label, "dropped the connection") from exc
             status = response.status_code
-            if status == 429 and attempt < attempts - 1:
-                delay = self.retry.delay(attempt, retry_after(response))
+            delay = self.retry.delay(attempt, retry_after(response)) if status == 429 else None
+            if delay is not None and attempt < attempts - 1:
                 log.info("%s POST %s: rate-limited, retrying in %.2f s", self.label, target.path, delay)
                 await asyncio.sleep(delay)
                 continue
             if status >= 500:
                 log.debug("%s POST %s: HTTP %d: %s", self.label, target.path, status, _log_text(response.text))
-                raise _maybe_submitted(self.label, f"had a server error (HTTP {status})")
+                raise maybe_submitted(self.label, f"had a server error (HTTP {status})")
             if not response.is_success:
                 raise error_for_response(self.label, response)
             parsed = _parse_body(response)
             if parsed is None:
                 log.debug("%s POST %s: non-JSON %d body: %s", self.label, target.path, status, _log_text(response.text))
-                raise _maybe_submitted(self.label, "accepted the request but returned an unreadable reply")
+                raise maybe_submitted(self.label, "accepted the request but returned an unreadable reply")
             return status, parsed
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -480,16 +549,15 @@ class Downloader:
                             "expired",
                             "The result file is no longer available (the provider deletes results after a while).",
                         )
-                    if status in RETRY_STATUSES and not last:
-                        if status == 429:  # the only error body worth reading: it may carry a wait hint
-                            await response.aread()
-                        delay = self.retry.delay(attempt, retry_after(response))
+                    if status == 429:  # the only error body worth reading: it may carry a wait hint
+                        await response.aread()
+                    wait = retry_after(response) if status in RETRY_STATUSES else None
+                    delay = self.retry.delay(attempt, wait) if status in RETRY_STATUSES else None
+                    if delay is not None and not last:
                         log.info("download: HTTP %d, retrying in %.2f s", status, delay)
                         await asyncio.sleep(delay)
                         continue
                     if status == 429:
-                        await response.aread()
-                        wait = retry_after(response)
                         raise ProviderError(
                             "rate_limited", "The result file host is rate-limiting the bot.", retry_after=wait
                         )

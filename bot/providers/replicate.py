@@ -3,6 +3,9 @@
 Every request is built from the configured base URL: the `urls.get`/`urls.cancel` links in a prediction point at
 api.replicate.com even behind an aggregator, where following them would hand the aggregator's token to Replicate.
 Output files are fetched by the credential-free `Downloader` (replicate-python leaks the token there, §5.1).
+
+The create answers at once by default (no `Prefer: wait`): the job engine needs the prediction id straight away
+to show progress and to cancel. Sync mode stays available through `wait_seconds`.
 """
 
 from __future__ import annotations
@@ -20,16 +23,17 @@ from urllib.parse import quote
 import httpx
 
 from bot.config import ProviderSettings
-from bot.errors import ConfigError, ProviderError
+from bot.errors import ProviderError
 from bot.lifecycle.states import State
-from bot.providers.base import Handle, InputImage, Output, Provider, ProviderJob, Status
-from bot.providers.http import Downloader, ProviderHTTP, RetryPolicy, clean_text
+from bot.providers.base import Handle, InputImage, Output, ProviderJob, Status
+from bot.providers.http import Downloader, RetryPolicy, clean_text
+from bot.providers.remote import HTTPProvider, as_int
 
 log = logging.getLogger(__name__)
 
 OFFICIAL_HOST = "api.replicate.com"
 MAX_WAIT = 60  # `Prefer: wait=n` accepts 1..60; 0 and larger values are undocumented (§1)
-_READ_MARGIN = 5.0
+_READ_MARGIN = 5.0  # the read timeout of a held create: `wait_seconds` plus this
 _DETAIL_CAP = 2000
 _REMEMBERED_JOBS = 1024
 _LARGE_DATA_URI = 1024 * 1024  # Replicate recommends data URIs only up to 256 KB–1 MB (§1)
@@ -107,16 +111,18 @@ def _openai_like(data: Mapping[str, Any]) -> bool:
     return "status" not in data and isinstance(data.get("data"), list) and bool(output_refs(data["data"]))
 
 
-def _int(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
-    return None
+def _finished_while_held(data: Mapping[str, Any]) -> bool:
+    """A sync-mode create answered `processing` with its output already inline as data: URIs.
+
+    Replicate returns a held create as soon as the model's output exists, before the status turns `succeeded`
+    (replicate-python's cassettes record exactly that); its `run()` treats any held answer that is no longer
+    `starting` as done. We take the same answer as finished only when every output is a data: URI, i.e. the
+    files themselves are in hand, so there is nothing to poll or download again.
+    """
+    if data.get("status") != "processing":
+        return False
+    refs = output_refs(data.get("output"))
+    return bool(refs) and all(ref.strip()[:5].lower() == "data:" for ref in refs)
 
 
 def _error_text(error: Any) -> str:
@@ -143,7 +149,7 @@ def _data_uri(image: InputImage) -> str:
     return f"data:{image.mime};base64,{base64.b64encode(image.data).decode('ascii')}"
 
 
-class ReplicateProvider(Provider):
+class ReplicateProvider(HTTPProvider):
     """flux-fill-dev / flux-kontext-dev through Replicate's `models/{owner}/{name}/predictions` endpoint."""
 
     name = "replicate"
@@ -155,42 +161,35 @@ class ReplicateProvider(Provider):
         downloader: Downloader,
         *,
         transport: httpx.AsyncBaseTransport | None = None,
-        wait_seconds: int = 60,
+        wait_seconds: int = 0,
         retry: RetryPolicy | None = None,
         timeout: httpx.Timeout | None = None,
     ) -> None:
-        if settings.api_key is None:
-            raise ConfigError("REPLICATE_API_TOKEN is not set, so the Replicate provider cannot be used.")
-        self.wait_seconds = max(1, min(MAX_WAIT, int(wait_seconds)))
         host = httpx.URL(settings.base_url).host
         # Users see this label; the aggregator's host name stays in the operator's logs.
         self.label = "Replicate" if host == OFFICIAL_HOST else "The Replicate-compatible service"
+        super().__init__(settings, downloader, transport=transport, timeout=timeout, retry=retry)
         if host != OFFICIAL_HOST:
             log.info("Replicate provider uses a Replicate-compatible service at %s", host)
-        self._http = ProviderHTTP(
-            label=self.label,
-            base_url=settings.base_url,
-            auth_headers={"Authorization": f"Bearer {settings.api_key.reveal()}"},
-            timeout=timeout,
-            retry=retry or RetryPolicy(),
-            transport=transport,
-        )
-        self._downloader = downloader
+        # 0 (or less): no `Prefer` header at all; 1..60: sync mode, capped at Replicate's documented maximum.
+        self.wait_seconds = max(0, min(MAX_WAIT, int(wait_seconds)))
         self._asked: OrderedDict[str, _Asked] = OrderedDict()
 
     # ---- Provider API -----------------------------------------------------------------------------------
 
     async def submit(self, job: ProviderJob) -> tuple[Handle, Status]:
-        """Create the prediction and hold up to `wait_seconds` for it (sync mode); often it is already done."""
+        """Create the prediction. With `wait_seconds`, Replicate holds the request up to that long (sync mode)
+        and often answers with the finished output."""
         owner, _, model = job.spec.model.partition("/")
         path = f"models/{quote(owner, safe='')}/{quote(model, safe='')}/predictions"
         body = {"input": self._input(job)}
+        held = self.wait_seconds > 0
         try:
             status_code, data = await self._http.post_json(
                 path,
                 body,
-                headers={"Prefer": f"wait={self.wait_seconds}"},
-                read_timeout=self.wait_seconds + _READ_MARGIN,
+                headers={"Prefer": f"wait={self.wait_seconds}"} if held else None,
+                read_timeout=self.wait_seconds + _READ_MARGIN if held else None,
             )
         except ProviderError as exc:
             if exc.kind == "invalid_input" and "parse request body" in exc.message.lower():
@@ -201,30 +200,32 @@ class ReplicateProvider(Provider):
                     "Try a smaller image.",
                 ) from exc
             raise
-        asked = _Asked(outputs=_int(job.params.get("outputs")) or 1, steps=_int(job.params.get("steps")))
+        asked = _Asked(outputs=as_int(job.params.get("outputs")) or 1, steps=as_int(job.params.get("steps")))
         if not isinstance(data, Mapping):
-            raise self._unreadable_create(status_code, data)
+            raise self._untrackable(data)
         job_id = data.get("id")
         if not isinstance(job_id, str) or not job_id:
             if _openai_like(data):  # a finished reply without a prediction id
                 handle = Handle(provider=self.name, job_id=f"sync-{data.get('created', 'unknown')}")
                 return handle, self._status(data, asked)
-            raise self._unreadable_create(status_code, data)
+            raise self._untrackable(data)
         self._remember(job_id, asked)
         log.info("%s: created prediction %s (HTTP %d, status %s)", self.label, job_id, status_code, data.get("status"))
-        status = self._status(data, asked)
+        status = self._status(data, asked, held=held)
         if status.state.terminal:
             self._asked.pop(job_id, None)
         return Handle(provider=self.name, job_id=job_id), status
 
-    async def poll(self, handle: Handle) -> Status:
-        """GET the prediction from the configured base (never from `urls.get`)."""
+    def _poll_target(self, handle: Handle) -> str:
+        """The prediction under the configured base (never `urls.get`, which may point at another host)."""
         if handle.job_id.startswith("sync-"):
             # An OpenAI-style reply finished at once and has no id to look up again.
             raise ProviderError("expired", f"{self.label} answered this job at once; it can't be looked up again.")
-        data = await self._http.get_json(f"predictions/{quote(handle.job_id, safe='')}")
+        return f"predictions/{quote(handle.job_id, safe='')}"
+
+    def _read_poll(self, handle: Handle, data: Any) -> Status:
         if not isinstance(data, Mapping):
-            raise ProviderError("bad_response", f"{self.label} returned a prediction the bot cannot read.")
+            raise self._unreadable(handle, data)
         status = self._status(data, self._asked.get(handle.job_id))
         if status.state.terminal:
             self._asked.pop(handle.job_id, None)
@@ -240,12 +241,6 @@ class ReplicateProvider(Provider):
             log.warning("%s: cancel of %s failed (%s): %s", self.label, handle.job_id, exc.kind, exc.message)
         finally:
             self._asked.pop(handle.job_id, None)
-
-    async def download(self, output: Output) -> bytes:
-        return await self._downloader.fetch(output.ref)
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
 
     # ---- helpers ----------------------------------------------------------------------------------------
 
@@ -271,26 +266,19 @@ class ReplicateProvider(Provider):
         while len(self._asked) > _REMEMBERED_JOBS:
             self._asked.popitem(last=False)
 
-    def _unreadable_create(self, status_code: int, data: Any) -> ProviderError:
-        log.warning("%s: create answered HTTP %d without a prediction id: %.300r", self.label, status_code, data)
-        return ProviderError(
-            "maybe_submitted",
-            f"{self.label} accepted the job but sent a reply the bot cannot track, so the job may have been "
-            "submitted; check before retrying to avoid paying twice.",
-        )
-
-    def _status(self, data: Mapping[str, Any], asked: _Asked | None) -> Status:
-        """Map one prediction object to a Status (messages safe for users, raw text in `detail`)."""
+    def _status(self, data: Mapping[str, Any], asked: _Asked | None, *, held: bool = False) -> Status:
+        """Map one prediction object to a Status (messages safe for users, raw text in `detail`). `held`: the
+        answer to a sync-mode create, which may say `processing` although its output is finished."""
         if _openai_like(data):
             data = {"status": "succeeded", "output": dict(data)}
         raw = str(data.get("status") or "")
         echoed_raw = data.get("input")
         echoed: Mapping[str, Any] = echoed_raw if isinstance(echoed_raw, Mapping) else {}
-        wanted = asked.outputs if asked else _int(echoed.get("num_outputs")) or 1
-        steps = asked.steps if asked and asked.steps else _int(echoed.get("num_inference_steps"))
+        wanted = asked.outputs if asked else as_int(echoed.get("num_outputs")) or 1
+        steps = asked.steps if asked and asked.steps else as_int(echoed.get("num_inference_steps"))
         logs = data.get("logs") if isinstance(data.get("logs"), str) else None
         extra = self._extra(data, logs)
-        state = _STATES.get(raw)
+        state = State.SUCCEEDED if held and _finished_while_held(data) else _STATES.get(raw)
         if state is None:
             log.info("%s: unknown prediction status %r, treating it as running", self.label, raw)
             return Status(State.RUNNING, progress=parse_progress(logs, steps), raw_status=raw, extra=extra)

@@ -16,22 +16,21 @@ from urllib.parse import quote
 
 import httpx
 
-from bot.config import ProviderSettings
-from bot.errors import ConfigError, ProviderError
+from bot.errors import ProviderError
 from bot.lifecycle.states import State
 from bot.params import WAVESPEED_FILL, Value
-from bot.providers.base import Handle, Output, Provider, ProviderJob, Status
-from bot.providers.http import Downloader, ProviderHTTP, RetryPolicy, error_for_response
+from bot.providers.base import Handle, Output, ProviderJob, Status
+from bot.providers.http import clean_text, error_for_response, maybe_submitted
+from bot.providers.remote import DETAIL_CAP, HTTPProvider, as_int
 
 log = logging.getLogger(__name__)
 
 LABEL = "WaveSpeedAI"
 MIN_SIDE = 256
 MAX_SIDE = 1536
-_DETAIL_CAP = 500
-DEFAULT_RETRY = RetryPolicy()
 
-# data.code on failed tasks → (state, message for users). Raw `data.error` goes to logs only.
+# data.code on failed tasks → (state, message for users). With a known code the raw `data.error` goes to the
+# logs only; without one (the docs' and the official SDK's examples carry none) it is the only reason given.
 _FAILURES: dict[int, tuple[State, str]] = {
     1200: (State.MODERATED, "Your request or its result was flagged by the provider's moderation."),
     1400: (State.FAILED, "The provider rejected a parameter."),
@@ -44,7 +43,8 @@ _FAILURES: dict[int, tuple[State, str]] = {
     5004: (State.TIMED_OUT, "The provider timed out while making the image."),
 }
 _GENERIC_FAILURE = "The provider could not make the image."
-_MSG_NOT_FOUND = "The provider no longer knows this job (it expired or never existed)."
+# `created` in the docs, `pending` in the official SDK's fixtures: queued at WaveSpeed, not running yet.
+_QUEUED = frozenset({"created", "pending"})
 
 
 def _b64(data: bytes) -> str:
@@ -52,44 +52,13 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def _int(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value)
-    return None
-
-
-class WaveSpeedProvider(Provider):
+class WaveSpeedProvider(HTTPProvider):
     """WaveSpeed's async API: POST a task, poll `predictions/{id}/result`, download outputs without the key."""
 
     name = "wavespeed"
+    label = LABEL
     supports_cancel = False  # no cancel endpoint is documented
-
-    def __init__(
-        self,
-        settings: ProviderSettings,
-        downloader: Downloader,
-        *,
-        transport: httpx.AsyncBaseTransport | None = None,
-        timeout: httpx.Timeout | None = None,
-        retry: RetryPolicy = DEFAULT_RETRY,
-    ) -> None:
-        if settings.api_key is None:
-            raise ConfigError("WAVESPEED_API_KEY is not set; the wavespeed provider cannot be used without it.")
-        self.base_url = settings.base_url.rstrip("/")
-        self._downloader = downloader
-        # Default trust = the base origin only: data.urls and output hosts never see the key.
-        self._http = ProviderHTTP(
-            label=LABEL,
-            base_url=self.base_url,
-            auth_headers={"Authorization": f"Bearer {settings.api_key.reveal()}"},
-            timeout=timeout,
-            retry=retry,
-            transport=transport,
-        )
+    # The default trust (the base origin only) keeps `data.urls` and output hosts from ever seeing the key.
 
     def _body(self, job: ProviderJob) -> dict[str, Value | list[dict[str, Value]]]:
         """The JSON body; checks size rules first so an invalid request is never sent (and never billed)."""
@@ -122,73 +91,53 @@ class WaveSpeedProvider(Provider):
             body["loras"] = [{"path": lora, "scale": float(scale) if isinstance(scale, int | float) else 1.0}]
         return body
 
-    def _unwrap(self, envelope: Any, *, submitting: bool) -> Mapping[str, Any]:
-        """`data` from a `{code, message, data}` envelope; an error code inside an HTTP 200 becomes the same
-        ProviderError an HTTP error with that code would (short, sanitized reason)."""
+    def _unwrap(self, envelope: Any, handle: Handle | None) -> Mapping[str, Any]:
+        """`data` from a `{code, message, data}` envelope (`handle` is None for the create's reply). An error code
+        inside an HTTP 200 becomes the same ProviderError an HTTP error with that code would."""
         if not isinstance(envelope, Mapping):
-            raise self._unreadable(envelope, submitting)
-        code = _int(envelope.get("code"))
+            raise self._untrackable(envelope) if handle is None else self._unreadable(handle, envelope)
+        code = as_int(envelope.get("code"))
         if code is not None and code != 200:
             log.info("%s envelope error %s: %.300r", LABEL, code, envelope.get("message"))
-            if submitting and code >= 500:
-                raise ProviderError(
-                    "maybe_submitted",
-                    f"{LABEL} had a server error (code {code}), so the job may have been submitted; "
-                    "check before retrying to avoid paying twice.",
-                )
+            if handle is None and code >= 500:
+                raise maybe_submitted(LABEL, f"had a server error (code {code})")
             status = code if 400 <= code <= 599 else 502
             raise error_for_response(LABEL, httpx.Response(status, json=dict(envelope)))
         data = envelope.get("data")
         if not isinstance(data, Mapping):
-            raise self._unreadable(envelope, submitting)
+            raise self._untrackable(envelope) if handle is None else self._unreadable(handle, envelope)
         return data
-
-    @staticmethod
-    def _unreadable(envelope: Any, submitting: bool) -> ProviderError:
-        log.warning("%s sent an unreadable envelope: %.300r", LABEL, envelope)
-        if submitting:
-            return ProviderError(
-                "maybe_submitted",
-                f"{LABEL} accepted the request but returned an unreadable reply, so the job may exist; "
-                "check before retrying.",
-            )
-        return ProviderError("bad_response", f"{LABEL} sent a job status the bot could not read.")
 
     async def submit(self, job: ProviderJob) -> tuple[Handle, Status]:
         body = self._body(job)
         _, envelope = await self._http.post_json(WAVESPEED_FILL.model, body)
-        data = self._unwrap(envelope, submitting=True)
+        data = self._unwrap(envelope, None)
         job_id = data.get("id")
         if not isinstance(job_id, str) or not job_id:
-            raise self._unreadable(envelope, True)
+            raise self._untrackable(envelope)
         log.info("%s job %s submitted", LABEL, job_id)
         handle = Handle(provider=self.name, job_id=job_id)
-        return handle, self._status(job_id, data)
+        if not isinstance(data.get("status"), str):  # the SDK's fixtures answer a bare `{"data": {"id": ...}}`
+            return handle, Status(State.STARTING, raw_status="submitted")
+        return handle, self._status(handle, data)
 
-    async def poll(self, handle: Handle) -> Status:
-        path = f"predictions/{quote(handle.job_id, safe='')}/result"
-        try:
-            data = self._unwrap(await self._http.get_json(path), submitting=False)
-        except ProviderError as exc:
-            if exc.kind == "not_found":
-                return Status(State.EXPIRED, message=_MSG_NOT_FOUND, detail=str(exc), raw_status="not found")
-            raise
-        return self._status(handle.job_id, data)
+    def _poll_target(self, handle: Handle) -> str:
+        """Built from the configured base, never taken from `data.urls`, so the key only goes to that host."""
+        return f"predictions/{quote(handle.job_id, safe='')}/result"
 
-    def _status(self, job_id: str, data: Mapping[str, Any]) -> Status:
+    def _read_poll(self, handle: Handle, data: Any) -> Status:
+        return self._status(handle, self._unwrap(data, handle))
+
+    def _status(self, handle: Handle, data: Mapping[str, Any]) -> Status:
         raw = data.get("status")
         if not isinstance(raw, str):
-            raise self._unreadable({"data": data}, False)
-        if raw == "created":
+            raise self._unreadable(handle, data)
+        if raw in _QUEUED:
             return Status(State.STARTING, raw_status=raw)
         if raw == "completed":
-            return self._completed(job_id, data)
+            return self._completed(handle.job_id, data)
         if raw == "failed":
-            code = _int(data.get("code"))
-            state, message = _FAILURES.get(code if code is not None else -1, (State.FAILED, _GENERIC_FAILURE))
-            detail = f"code={code} error={data.get('error')!r}"[:_DETAIL_CAP]
-            log.info("%s job %s failed: %s", LABEL, job_id, detail)
-            return Status(state, message=message, detail=detail, raw_status=raw)
+            return self._failed(handle.job_id, data)
         if raw in ("cancelled", "canceled"):
             return Status(State.CANCELED, message="The job was cancelled at the provider.", raw_status=raw)
         if raw == "timeout":
@@ -196,27 +145,37 @@ class WaveSpeedProvider(Provider):
         # "processing" and anything undocumented: still working; the engine's deadline bounds the wait.
         return Status(State.RUNNING, raw_status=raw)
 
-    def _completed(self, job_id: str, data: Mapping[str, Any]) -> Status:
+    @staticmethod
+    def _failed(job_id: str, data: Mapping[str, Any]) -> Status:
+        """A known `data.code` picks the message; otherwise the provider's own `error` text is the reason."""
+        code = as_int(data.get("code"))
+        error = data.get("error") if isinstance(data.get("error"), str) else ""
+        detail = f"code={code} error={error!r}"[:DETAIL_CAP]
+        log.info("%s job %s failed: %s", LABEL, job_id, detail)
+        if code in _FAILURES:
+            state, message = _FAILURES[code]
+            return Status(state, message=message, detail=detail, raw_status="failed")
+        reason = clean_text(error, 200) if error else ""
+        message = f"{_GENERIC_FAILURE[:-1]}: {reason}" if reason else _GENERIC_FAILURE
+        return Status(State.FAILED, message=message, detail=detail, raw_status="failed")
+
+    @staticmethod
+    def _completed(job_id: str, data: Mapping[str, Any]) -> Status:
         outputs = data.get("outputs")
         flags = data.get("has_nsfw_contents")
         refs = [o for o in outputs if isinstance(o, str) and o] if isinstance(outputs, list) else []
         if not refs:
             log.warning("%s job %s completed without outputs: %.300r", LABEL, job_id, outputs)
-            return Status(State.FAILED, message="The provider reported the job as finished but sent no image.",
-                          detail=f"outputs={outputs!r}"[:_DETAIL_CAP], raw_status="completed")
+            return Status(
+                State.FAILED,
+                message="The provider reported the job as finished but sent no image.",
+                detail=f"outputs={outputs!r}"[:DETAIL_CAP],
+                raw_status="completed",
+            )
         flag_list = flags if isinstance(flags, list) else []
-        result = tuple(
-            Output(ref, flagged=i < len(flag_list) and flag_list[i] is True) for i, ref in enumerate(refs)
-        )
+        result = tuple(Output(ref, flagged=i < len(flag_list) and flag_list[i] is True) for i, ref in enumerate(refs))
         extra: dict[str, str] = {}
         timings = data.get("timings")
-        if isinstance(timings, Mapping) and _int(timings.get("inference")) is not None:
+        if isinstance(timings, Mapping) and as_int(timings.get("inference")) is not None:
             extra["inference_ms"] = str(timings["inference"])
         return Status(State.SUCCEEDED, outputs=result, raw_status="completed", extra=extra)
-
-    async def download(self, output: Output) -> bytes:
-        """Fetch an output URL (kept 7 days) or decode naked base64, never with the key."""
-        return await self._downloader.fetch(output.ref)
-
-    async def aclose(self) -> None:
-        await self._http.aclose()

@@ -32,7 +32,7 @@ from tests.fakes.discord_harness import (
     Dispatched,
     FakeUser,
 )
-from tests.fakes.replicate_server import FakeReplicate
+from tests.fakes.replicate_server import FakeReplicate, Fault
 from tests.fakes.wavespeed_server import FakeWaveSpeed
 
 # Settings name channels by real snowflakes (15–21 digits), so the channels moderators pick get such ids.
@@ -603,7 +603,7 @@ async def test_job_running_at_restart_is_delivered_once(
 async def test_job_submitting_at_restart_ends_with_rerun_message(
     make_bot: Callable[..., FillBot], fake_replicate: FakeReplicate
 ) -> None:
-    fake_replicate.duration = 30.0  # the create request holds (Prefer: wait) until the bot is stopped
+    fake_replicate.faults.create.append(Fault.slow(30))  # the create request is in flight until the bot stops
     async with serve(make_bot(**env(replicate=fake_replicate))) as h:
         sent = await h.dispatch(fill(h, "lost in submission"))
 

@@ -12,6 +12,11 @@ see the key.
         fake.requests_to("delivery")        # what reached which host, with headers
 
 Bodies are validated like the real API (FastAPI 422 detail lists), so tests prove we never send invalid requests.
+
+Answers follow BFL's published shapes (docs/provider-fakes.md says where each comes from): with
+`null_fields=False` a poll answer carries only the keys that hold something, as BFL's own examples do
+(`{"status": "Pending"}`, no `progress`/`details`/`preview`); errors carry a top-level `error` code and
+`message` (`CONTENT_POLICY`, `RATE_LIMITED`, `VALIDATION_ERROR`), and a 429 tells when to retry in its body.
 """
 
 from __future__ import annotations
@@ -71,7 +76,17 @@ KONTEXT_FIELDS = frozenset(
     }
 )
 
-__all__ = ["BFLJob", "FakeBFL", "Fault"]
+# Bodies quoted from BFL's skills repo (skills/bfl-api/references/error-handling.md, endpoints.md).
+CONTENT_POLICY = {"error": "content_policy_violation", "message": "The prompt violated content policy"}
+ERROR_DESCRIBED = {"error": "Error description"}
+RATE_LIMITED = {"error": "rate_limit_exceeded", "message": "Too many concurrent requests", "retry_after": 5}
+VALIDATION_ERROR = {
+    "error": "validation_error",
+    "message": "Invalid request parameters",
+    "details": {"width": "Must be a multiple of 16", "prompt": "Cannot be empty"},
+}
+
+__all__ = ["CONTENT_POLICY", "ERROR_DESCRIBED", "RATE_LIMITED", "VALIDATION_ERROR", "BFLJob", "FakeBFL", "Fault"]
 
 
 @dataclass
@@ -104,6 +119,7 @@ class FakeBFL:
         sample_ttl: float = 600.0,
         cost: float | None = 2.5,
         strict: bool = True,
+        null_fields: bool = True,
     ) -> None:
         self.key = key
         self.duration = duration
@@ -113,6 +129,10 @@ class FakeBFL:
         self.sample_ttl = sample_ttl
         self.cost = cost
         self.strict = strict  # reject unknown body fields (the real API ignores them; we want to notice)
+        # True: every ResultResponse field, nulls included (the OpenAPI schema); False: only keys with a value.
+        self.null_fields = null_fields
+        self.error_fields: dict[str, Any] = dict(ERROR_DESCRIBED)  # what an "Error" poll answer adds
+        self.retry_after: float = RATE_LIMITED["retry_after"]  # the 429 body's wait once `max_active` is reached
         self.foreign_polling = False  # hand out polling URLs on the foreign host
         self.omit_polling_url = False  # submit answers without polling_url (old API shape)
         self.sample_status: int | None = None  # e.g. 404: the delivery host answers this instead of the file
@@ -184,7 +204,7 @@ class FakeBFL:
         if self.max_active is not None:
             active = sum(1 for j in self.jobs.values() if time.monotonic() - j.created < j.duration)
             if active >= self.max_active:
-                return web.json_response({"detail": f"Task limit exceeded: you have {active} active tasks"}, status=429)
+                return web.json_response({**RATE_LIMITED, "retry_after": self.retry_after}, status=429)
         source = body["image"] if model == "flux-pro-1.0-fill" else body["input_image"]
         job = BFLJob(
             id=str(uuid.uuid4()),
@@ -288,7 +308,7 @@ class FakeBFL:
         answer: dict[str, Any] = {"id": job_id, "result": None, "progress": None, "details": None, "preview": None}
         if job is None or (job.outcome == "not_found" and self._elapsed(job) >= 1):
             answer["status"] = "Task not found"
-            return web.json_response(answer)
+            return self._answer(answer)
         job.polls += 1
         fraction = self._elapsed(job)
         if fraction < 1 or job.outcome == "never":
@@ -298,7 +318,7 @@ class FakeBFL:
                 answer["progress"] = round(min(fraction, 0.99), 3)
             elif self.progress == "percent":
                 answer["progress"] = round(min(fraction, 0.99) * 100, 1)
-            return web.json_response(answer)
+            return self._answer(answer)
         if job.outcome == "ready":
             expires = int(time.time() + self.sample_ttl)
             answer["status"] = "Ready"
@@ -318,8 +338,12 @@ class FakeBFL:
             answer["details"] = {"Moderation Reasons": ["NSFW"]}
         elif job.outcome == "error":
             answer["status"] = "Error"
-            answer["details"] = {"error": "CUDA out of memory on worker 17"}
-            answer["error"] = "Internal generation error"
+            answer.update(self.error_fields)
+        return self._answer(answer)
+
+    def _answer(self, answer: dict[str, Any]) -> web.Response:
+        if not self.null_fields:
+            answer = {k: v for k, v in answer.items() if v is not None}
         return web.json_response(answer)
 
     def _elapsed(self, job: BFLJob) -> float:

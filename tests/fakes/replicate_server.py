@@ -17,6 +17,12 @@ optional "foreign" host that `urls.get`/`urls.cancel` point at (`foreign_urls=Tr
 Job timing is computed from the creation time: `starting` for `start_delay` s, then `processing` (logs with
 tqdm lines) until `duration` s, then the `outcome`. Outputs are real PNGs: the input image inverted, at
 flux-fill-dev's output size.
+
+The shapes follow real recorded traffic (replicate-python's VCR cassettes; docs/provider-fakes.md says which):
+a create without `Prefer: wait` answers `starting` with empty logs and no output; polls then show `processing`
+with tqdm lines growing one per line; a held create (`Prefer: wait`) whose job finished in time answers
+`processing` with the output already inline as data: URIs (`sync_reply="succeeded"` answers the finished
+prediction instead), and one that ran out of time answers `starting`.
 """
 
 from __future__ import annotations
@@ -54,7 +60,9 @@ Outcome = Literal[
 ]
 OutputShape = Literal["auto", "list", "string", "created_data", "url_dict"]
 LogStyle = Literal["it", "percent", "none"]
+SyncReply = Literal["processing", "succeeded"]
 Kind = Literal["create", "get", "cancel", "files", "other"]
+Reply = Literal["view", "created", "held"]  # what a response shows: the live state, a fresh create, a sync hold
 
 FILL_DEV = "black-forest-labs/flux-fill-dev"
 FILL_PRO = "black-forest-labs/flux-fill-pro"
@@ -199,6 +207,29 @@ def _decode_image(value: Any) -> Image.Image | None:
         return None
 
 
+def _data_uri(data: bytes) -> str:
+    return f"data:image/png;base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def _clock(seconds: float) -> str:
+    return f"{int(seconds) // 60:02d}:{int(seconds) % 60:02d}"
+
+
+def tqdm_bar_line(n: int, total: int, rate: float = 4.1) -> str:
+    """One tqdm progress line as tqdm draws it (`  45%|████▋     | 13/28 [00:03<00:03,  4.10it/s]`): the bar is
+    10 cells of eighths, the rate `5.2f`, as in the recorded sdxl logs."""
+    fraction = n / total if total else 1.0
+    cells, eighths = divmod(int(fraction * 10 * 8), 8)
+    bar = "█" * cells + (" ▏▎▍▌▋▊▉"[eighths] if cells < 10 else "")
+    timing = "00:00<?, ?it/s" if n == 0 else f"{_clock(n / rate)}<{_clock((total - n) / rate)}, {rate:5.2f}it/s"
+    return f"{fraction * 100:3.0f}%|{bar:<10}| {n}/{total} [{timing}]"
+
+
+def tqdm_count_line(n: int, rate: float = 5.2) -> str:
+    """tqdm over an iterable without a length (cog-flux's sampler): `13it [00:03,  4.10it/s]`."""
+    return f"{n}it [00:00, ?it/s]" if n == 0 else f"{n}it [{_clock(n / rate)}, {rate:5.2f}it/s]"
+
+
 def fill_dev_size(width: int, height: int, megapixels: str = "1") -> tuple[int, int]:
     """flux-fill-dev's output size (cog-flux `size_maybe_match_input`): ~N MP or the input capped at 1440,
     each side floored to a multiple of 32."""
@@ -235,6 +266,7 @@ class FakeReplicate:
         bare_created_data: bool = False,
         billing_exhausted: bool = False,
         honour_wait: bool = True,
+        sync_reply: SyncReply = "processing",
     ) -> None:
         self.duration = duration
         self.start_delay = start_delay
@@ -249,6 +281,8 @@ class FakeReplicate:
         self.bare_created_data = bare_created_data  # create answers {created, data:[{url}]} (aggregator doc)
         self.billing_exhausted = billing_exhausted
         self.honour_wait = honour_wait  # False: ignore `Prefer: wait` (aggregator support is unconfirmed)
+        # A held create that finished: "processing" + data: URI output (as recorded), or the finished prediction.
+        self.sync_reply: SyncReply = sync_reply
         self.faults = Faults()
         self.requests: list[Recorded] = []
         self.predictions: dict[str, Prediction] = {}
@@ -470,11 +504,15 @@ class FakeReplicate:
             await self._hold(prediction, None)
             urls = [{"url": self._file_url(name)} for name in self._visible_files(prediction)]
             return web.json_response({"created": int(time.time()), "data": urls}, status=201)
-        headers = {}
-        if wait is not None and self.honour_wait:
-            headers["Preference-Applied"] = f"wait={wait}"
-            await self._hold(prediction, wait)
-        return web.json_response(self._view(prediction), status=201, headers=headers)
+        if wait is None or not self.honour_wait:
+            return web.json_response(self._view(prediction, reply="created"), status=201)
+        await self._hold(prediction, wait)
+        reply: Reply = "held" if self._status(prediction) == "succeeded" and self.sync_reply == "processing" else "view"
+        if not self._terminal(prediction):
+            reply = "created"  # replicate-python's run.py: a hold that runs out answers "starting"
+        return web.json_response(
+            self._view(prediction, reply=reply), status=201, headers={"Preference-Applied": f"wait={wait}"}
+        )
 
     async def _hold(self, prediction: Prediction, limit: float | None) -> None:
         """Sleep until the prediction is terminal or `limit` seconds pass (None: up to 60 s)."""
@@ -624,6 +662,8 @@ class FakeReplicate:
         return self._status(p) in ("succeeded", "failed", "canceled", "aborted")
 
     def _logs(self, p: Prediction, status: str) -> str:
+        """What the model has printed so far: tqdm writes one line per update (the recordings show each
+        carriage-return redraw as its own line), in cog-flux's length-less form or as a percentage bar."""
         if status == "starting" or self.logs == "none" or p.model == KONTEXT_DEV:
             return ""
         lines = ["Using seed: 1234"]
@@ -631,24 +671,21 @@ class FakeReplicate:
         fraction = 1.0 if status in ("succeeded", "failed") else min(1.0, (p.elapsed() - p.start_delay) / span)
         done = min(p.steps, int(fraction * p.steps))
         if self.logs == "it":
-            bar = "".join(f"\r{n}it [00:0{n % 10}, 5.2it/s]" for n in range(done + 1))
+            lines.extend(tqdm_count_line(n) for n in range(done + 1))
         else:
-            bar = ""
-            for n in range(done + 1):
-                pct = n * 100 // p.steps
-                filled = "█" * (pct // 10)
-                bar += f"\r{pct:3d}%|{filled:<10}| {n}/{p.steps} [00:0{n % 10}<00:05,  5.20it/s]"
-        lines.append(bar)
+            lines.extend(tqdm_bar_line(n, p.steps) for n in range(done + 1))
         if status == "succeeded" and p.model == FILL_DEV:
             shown = len(self._visible_files(p))
             lines.extend(f"NSFW content detected in image {i}" for i in range(shown, len(p.files)))
             lines.append(f"Total safe images: {shown} out of {len(p.files)}")
         return "\n".join(lines) + "\n"
 
-    def _output(self, p: Prediction, status: str) -> Any:
+    def _output(self, p: Prediction, status: str, *, inline: bool = False) -> Any:
+        """The output in the configured shape; `inline`: data: URIs (a sync-mode reply) instead of CDN URLs."""
         if status != "succeeded" or p.outcome in ("data_removed", "null_output"):
             return None
-        urls = [self._file_url(n) for n in self._visible_files(p)]
+        names = self._visible_files(p)
+        urls = [_data_uri(self.files[n]) if inline else self._file_url(n) for n in names]
         shape = self.output_shape
         if shape == "auto":
             shape = "list" if p.model == FILL_DEV else "string"
@@ -660,7 +697,10 @@ class FakeReplicate:
             return {"url": urls[0]} if urls else None
         return {"created": int(time.time()), "data": [{"url": u} for u in urls]}
 
-    def _view(self, p: Prediction) -> dict[str, Any]:
+    def _view(self, p: Prediction, reply: Reply = "view") -> dict[str, Any]:
+        """The prediction as the API shows it. `created`: the answer to a create that did not hold (always
+        `starting`, empty logs, no output key); `held`: a sync-mode answer for a finished job (`processing`,
+        output inline as data: URIs, empty logs, no metrics)."""
         status = self._status(p)
         error: str | None = (
             {
@@ -675,25 +715,34 @@ class FakeReplicate:
         links = self._urls.get("foreign", self._urls["api"]) if self.foreign_urls else self.base_url
         if self.foreign_urls:
             links += "/v1"
+        urls = {
+            "cancel": f"{links}/predictions/{p.id}/cancel",
+            "get": f"{links}/predictions/{p.id}",
+            "web": f"https://replicate.com/p/{p.id}",
+        }
+        base = {"id": p.id, "model": p.model, "version": "hidden", "input": p.input}
+        if reply == "created":
+            return {**base, "logs": "", "error": None, "status": "starting", "created_at": p.created_at, "urls": urls}
+        if reply == "held":
+            output = self._output(p, "succeeded", inline=True)
+            return {
+                **base, "logs": "", "output": output, "data_removed": False, "error": None, "status": "processing",
+                "created_at": p.created_at, "urls": urls,
+            }
         terminal = status in ("succeeded", "failed", "canceled", "aborted")
         removed = p.outcome == "data_removed" and status == "succeeded"
         view: dict[str, Any] = {
-            "id": p.id,
-            "model": p.model,
-            "version": "hidden",
+            **base,
             "input": {} if removed else p.input,
             "logs": None if removed else self._logs(p, status),
-            "output": self._output(p, status),
             "data_removed": removed,
             "error": error,
             "status": status,
             "created_at": p.created_at,
-            "urls": {
-                "cancel": f"{links}/predictions/{p.id}/cancel",
-                "get": f"{links}/predictions/{p.id}",
-                "web": f"https://replicate.com/p/{p.id}",
-            },
+            "urls": urls,
         }
+        if terminal:
+            view["output"] = self._output(p, status)
         if status not in ("starting", "aborted"):
             view["started_at"] = p.created_at
         if terminal:

@@ -10,6 +10,10 @@ and must never see the key. Jobs go created → processing → completed/failed 
         fake.base64_outputs = True          # outputs come back as naked base64
 
 Bodies are validated like the real API (400 envelope for a size out of range, bad guidance, ...).
+
+`fail_code = None` fails jobs the way WaveSpeed's docs and official SDK fixtures show, with only `data.error`
+and no `data.code`; `queued_status = "pending"` and `bare_submit = True` reproduce the SDK fixtures' queued
+status and bare submit reply (docs/provider-fakes.md).
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ FAIL_ERRORS = {
     5003: "service unavailable",
     5004: "task timed out",
 }
+SDK_FAILED_ERROR = "Model error"  # wavespeed-python tests/test_api.py: {"data": {"status": "failed", "error": ...}}
 Outcome = Literal["completed", "failed", "cancelled", "timeout", "never"]
 
 __all__ = ["FakeWaveSpeed", "Fault", "WaveSpeedJob"]
@@ -75,7 +80,8 @@ class WaveSpeedJob:
     created: float
     duration: float
     outcome: Outcome
-    fail_code: int
+    fail_code: int | None
+    fail_error: str
     outputs: list[bytes]
     nsfw: list[bool]
     base64_outputs: bool
@@ -102,7 +108,10 @@ class FakeWaveSpeed:
         self.duration = duration
         self.created_for = created_for  # fraction of `duration` spent in "created"
         self.outcome: Outcome = outcome
-        self.fail_code = 1403
+        self.fail_code: int | None = 1403  # None: no data.code, only data.error (docs and SDK examples)
+        self.fail_error: str | None = None  # data.error of failed jobs; None: FAIL_ERRORS[fail_code]
+        self.queued_status = "created"  # the docs say "created"; the official SDK's fixtures say "pending"
+        self.bare_submit = False  # answer a submit with only `{"data": {"id": ...}}`, as the SDK's fixtures do
         self.nsfw: list[bool] = []  # has_nsfw_contents, per output (missing entries = False)
         self.base64_outputs = False
         self.strict = strict
@@ -174,12 +183,20 @@ class FakeWaveSpeed:
             duration=self.duration,
             outcome=self.outcome,
             fail_code=self.fail_code,
+            fail_error=self._fail_error(),
             outputs=[inverted_png(source, (w, h)) for _ in range(count)],
             nsfw=[self.nsfw[i] if i < len(self.nsfw) else False for i in range(count)],
             base64_outputs=self.base64_outputs or bool(body.get("enable_base64_output")),
         )
         self.jobs[job.id] = job
-        return web.json_response(envelope(200, "success", self._data(job, "created")))
+        if self.bare_submit:
+            return web.json_response({"data": {"id": job.id}})
+        return web.json_response(envelope(200, "success", self._data(job, self.queued_status)))
+
+    def _fail_error(self) -> str:
+        if self.fail_error is not None:
+            return self.fail_error
+        return FAIL_ERRORS.get(self.fail_code, SDK_FAILED_ERROR) if self.fail_code is not None else SDK_FAILED_ERROR
 
     def _validate(self, body: dict[str, Any]) -> str | None:
         if self.strict:
@@ -256,8 +273,9 @@ class FakeWaveSpeed:
             data["has_nsfw_contents"] = list(job.nsfw)
             data["timings"] = {"inference": int(job.duration * 1000)}
         elif status == "failed":
-            data["error"] = FAIL_ERRORS.get(job.fail_code, "unknown error")
-            data["code"] = job.fail_code
+            data["error"] = job.fail_error
+            if job.fail_code is not None:
+                data["code"] = job.fail_code
         return data
 
     async def _result(self, request: web.Request) -> web.StreamResponse:
@@ -273,7 +291,7 @@ class FakeWaveSpeed:
         job.polls += 1
         fraction = (time.monotonic() - job.created) / job.duration if job.duration > 0 else 1.0
         if fraction < self.created_for and job.duration > 0:
-            status = "created"
+            status = self.queued_status
         elif fraction < 1 or job.outcome == "never":
             status = "processing"
         else:

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import io
 import logging
+import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -20,7 +21,7 @@ from bot.params import BFL_FILL, BFL_KONTEXT, Value
 from bot.providers.base import Handle, InputImage, ProviderJob, Status
 from bot.providers.bfl import BFLProvider, _progress, trusted_hosts
 from bot.providers.http import Downloader, RetryPolicy
-from tests.fakes.bfl_server import FakeBFL
+from tests.fakes.bfl_server import CONTENT_POLICY, VALIDATION_ERROR, FakeBFL
 from tests.fakes.common import Fault, inverted_png, make_mask, make_png
 
 FAST_RETRY = RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.05)
@@ -233,7 +234,7 @@ async def test_unknown_statuses_mean_running(fake: FakeBFL, provider: BFLProvide
     [
         ("request_moderated", State.MODERATED, "before it ran; nothing was charged", "Derivative"),
         ("content_moderated", State.MODERATED, "withheld; nothing was charged", "NSFW"),
-        ("error", State.FAILED, "error", "CUDA"),
+        ("error", State.FAILED, "Black Forest Labs could not make the image: Error description", ""),
         ("not_found", State.EXPIRED, "no longer knows this job", ""),
     ],
 )
@@ -250,6 +251,73 @@ async def test_terminal_failures(
         assert hidden not in status.message
         assert hidden in status.detail  # kept for the logs
     assert fake.requests_to("delivery") == []
+
+
+async def test_error_with_content_policy_is_moderated(fake: FakeBFL, provider: BFLProvider) -> None:
+    fake.outcome = "error"
+    fake.error_fields = dict(CONTENT_POLICY)
+    handle, _ = await provider.submit(fill_job())
+    status, _ = await finish(provider, handle)
+    assert status.state is State.MODERATED and status.raw_status == "Error"
+    assert status.message == (
+        "Black Forest Labs refused this request under its content policy, so nothing was charged; "
+        "try a different prompt or picture."
+    )
+    assert "content_policy_violation" in status.detail
+
+
+@pytest.mark.parametrize(
+    ("fields", "shown"),
+    [
+        (
+            {"error": "internal_error", "message": "Worker crashed; see https://status.bfl.ai"},
+            "Worker crashed; see [link]",
+        ),
+        ({"error": "generation_timeout"}, "generation timeout"),
+        ({"error": "Task failed: x-key abc123 was refused"}, "Task failed: [redacted] was refused"),
+    ],
+)
+async def test_error_shows_the_providers_words(
+    fake: FakeBFL, provider: BFLProvider, fields: dict[str, str], shown: str
+) -> None:
+    fake.outcome = "error"
+    fake.error_fields = fields
+    handle, _ = await provider.submit(fill_job())
+    status, _ = await finish(provider, handle)
+    assert status.state is State.FAILED
+    assert status.message == f"Black Forest Labs could not make the image: {shown}"
+
+
+async def test_error_without_words_has_a_generic_message(fake: FakeBFL, provider: BFLProvider) -> None:
+    fake.outcome = "error"
+    fake.error_fields = {}
+    handle, _ = await provider.submit(fill_job())
+    status, _ = await finish(provider, handle)
+    assert status.state is State.FAILED and status.message is not None and "reported an error" in status.message
+
+
+async def test_documented_minimal_answers(downloader: Downloader) -> None:
+    """BFL's examples carry no `progress`/`details`/`preview` keys at all (`{"status": "Pending"}`)."""
+    async with FakeBFL(duration=0.0, outcome="never", progress="none", null_fields=False) as fake:
+        provider = make_provider(fake, downloader)
+        try:
+            handle, _ = await provider.submit(fill_job())  # stays Pending
+            async with httpx.AsyncClient() as raw:
+                pending = (await raw.get(str(handle.poll_url), headers={"x-key": fake.key})).json()
+            assert pending == {"id": handle.job_id, "status": "Pending"}
+            status = await provider.poll(handle)
+            assert status.state is State.RUNNING and status.progress is None and status.raw_status == "Pending"
+            fake.outcome = "ready"
+            handle, _ = await provider.submit(fill_job())
+            status, _ = await finish(provider, handle)
+            assert status.state is State.SUCCEEDED and len(status.outputs) == 1
+            fake.outcome = "error"
+            fake.error_fields = dict(CONTENT_POLICY)
+            handle, _ = await provider.submit(fill_job())
+            status, _ = await finish(provider, handle)
+            assert status.state is State.MODERATED
+        finally:
+            await provider.aclose()
 
 
 async def test_never_finishing_stays_running(fake: FakeBFL, provider: BFLProvider) -> None:
@@ -350,13 +418,63 @@ async def test_submit_429_is_retried(fake: FakeBFL, provider: BFLProvider, retry
     assert len(fake.jobs) == 1 and handle.job_id in fake.jobs
 
 
-async def test_submit_over_concurrency_limit(fake: FakeBFL, provider: BFLProvider) -> None:
+async def test_submit_over_concurrency_limit_says_when_to_retry(fake: FakeBFL, provider: BFLProvider) -> None:
+    """BFL's 429 body says `retry_after: 5`: longer than this policy waits, so it is reported at once."""
     fake.max_active = 0
     with pytest.raises(ProviderError) as info:
         await provider.submit(fill_job())
-    assert info.value.kind == "rate_limited"
-    assert len(fake.requests_to("api")) == FAST_RETRY.attempts
+    assert info.value.kind == "rate_limited" and info.value.retry_after == 5
+    assert info.value.message == "Black Forest Labs is rate-limiting the bot; try again in about 5 s."
+    assert len(fake.requests_to("api")) == 1
     assert fake.jobs == {}
+
+
+async def test_submit_429_body_retry_after_is_honoured(fake: FakeBFL, downloader: Downloader) -> None:
+    fake.max_active = 0
+    fake.retry_after = 0.2
+    provider = BFLProvider(
+        fake.provider_settings(), downloader, retry=RetryPolicy(attempts=3, base_delay=0.0, max_delay=1.0)
+    )
+    try:
+        started = time.monotonic()
+        with pytest.raises(ProviderError) as info:
+            await provider.submit(fill_job())
+        elapsed = time.monotonic() - started
+    finally:
+        await provider.aclose()
+    assert info.value.kind == "rate_limited" and info.value.retry_after == 0.2
+    assert "try again in about 1 s" in info.value.message
+    assert len(fake.requests_to("api")) == 3 and fake.jobs == {}
+    assert elapsed >= 0.38  # waited the body's 0.2 s before each retry, not the policy's 0 s backoff
+
+
+async def test_submit_validation_error_names_fields(fake: FakeBFL, provider: BFLProvider) -> None:
+    fake.faults.submit.append(Fault.error(400, VALIDATION_ERROR))
+    with pytest.raises(ProviderError) as info:
+        await provider.submit(fill_job())
+    assert info.value.kind == "invalid_input"
+    assert info.value.message == (
+        "Black Forest Labs refused the request: width: Must be a multiple of 16; prompt: Cannot be empty"
+    )
+    assert len(fake.requests_to("api")) == 1
+
+
+@pytest.mark.parametrize("status", [400, 422])
+async def test_submit_content_policy_is_moderated(fake: FakeBFL, provider: BFLProvider, status: int) -> None:
+    fake.faults.submit.append(Fault.error(status, CONTENT_POLICY))
+    with pytest.raises(ProviderError) as info:
+        await provider.submit(fill_job())
+    assert info.value.kind == "moderated"
+    assert "content policy" in info.value.message and "nothing was charged" in info.value.message
+    assert len(fake.requests_to("api")) == 1 and fake.jobs == {}
+
+
+async def test_submit_error_message_is_shown_cleaned(fake: FakeBFL, provider: BFLProvider) -> None:
+    body = {"error": "invalid_image", "message": "Input image could not be decoded, see https://docs.bfl.ai/x"}
+    fake.faults.submit.append(Fault.error(400, body))
+    with pytest.raises(ProviderError) as info:
+        await provider.submit(fill_job())
+    assert info.value.message == "Black Forest Labs refused the request: Input image could not be decoded, see [link]"
 
 
 # --- poll faults ------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from bot.providers.http import (
     RetryPolicy,
     error_for_response,
     retry_after,
+    wait_text,
 )
 
 FAST = RetryPolicy(attempts=4, base_delay=0.01, max_delay=0.05)
@@ -257,14 +258,13 @@ async def test_get_honours_retry_after_header(server: ScriptServer) -> None:
         await http.aclose()
 
 
-async def test_get_caps_replicate_reset_hint_and_reports_it(server: ScriptServer, client: ProviderHTTP) -> None:
+async def test_get_hint_beyond_the_policy_gives_up_at_once(server: ScriptServer, client: ProviderHTTP) -> None:
+    """Retrying before the server's 30 s are up is pointless: one request, and the wait is reported."""
     server.will(Step(status=429, body={"detail": "Request was throttled. Your rate limit resets in ~30s."}))
-    started = time.monotonic()
     error = await _raises(client.get_json("x"))
-    elapsed = time.monotonic() - started
     assert error.kind == "rate_limited" and error.retry_after == 30
-    assert len(server.seen) == FAST.attempts
-    assert elapsed < 2  # the 30 s hint is capped at max_delay (0.05 s)
+    assert "try again in about 30 s" in error.message
+    assert len(server.seen) == 1
     _safe(error.message)
 
 
@@ -383,7 +383,7 @@ async def test_post_connect_error_is_unavailable() -> None:
 
 async def test_post_clean_429_is_retried(server: ScriptServer, client: ProviderHTTP) -> None:
     server.will(
-        Step(status=429, body={"detail": "Request was throttled. Your rate limit resets in ~1s."}),
+        Step(status=429, body={"detail": "Request was throttled. Your rate limit resets in ~0.02s."}),
         Step(status=201, body={"id": "p2"}),
     )
     assert await client.post_json("p", {"input": {}}) == (201, {"id": "p2"})
@@ -391,10 +391,39 @@ async def test_post_clean_429_is_retried(server: ScriptServer, client: ProviderH
 
 
 async def test_post_persistent_429_is_rate_limited(server: ScriptServer, client: ProviderHTTP) -> None:
+    server.will(Step(status=429, body={"detail": "throttled"}, headers={"Retry-After": "0.01"}))
+    error = await _raises(client.post_json("p", {"input": {}}))
+    assert error.kind == "rate_limited" and error.retry_after == 0.01
+    assert len(server.seen) == FAST.attempts
+
+
+async def test_post_429_longer_than_the_policy_is_reported_not_retried(
+    server: ScriptServer, client: ProviderHTTP
+) -> None:
     server.will(Step(status=429, body={"detail": "throttled"}, headers={"Retry-After": "7"}))
     error = await _raises(client.post_json("p", {"input": {}}))
     assert error.kind == "rate_limited" and error.retry_after == 7
-    assert len(server.seen) == FAST.attempts
+    assert "try again in about 7 s" in error.message
+    assert len(server.seen) == 1
+
+
+async def test_post_429_body_retry_after_is_honoured(server: ScriptServer) -> None:
+    """BFL puts the wait in the JSON body: every retry waits that long, and the final message repeats it."""
+    http = ProviderHTTP(
+        label="BFL", base_url=server.origin, auth_headers={}, retry=RetryPolicy(attempts=3, base_delay=0.0, max_delay=5)
+    )
+    body = {"error": "rate_limit_exceeded", "message": "Too many concurrent requests", "retry_after": 0.2}
+    server.will(Step(status=429, body=body))
+    try:
+        started = time.monotonic()
+        error = await _raises(http.post_json("p", {"input": {}}))
+        elapsed = time.monotonic() - started
+    finally:
+        await http.aclose()
+    assert error.kind == "rate_limited" and error.retry_after == 0.2
+    assert error.message == "BFL is rate-limiting the bot; try again in about 1 s."
+    assert len(server.seen) == 3
+    assert elapsed >= 0.38  # two waits of 0.2 s, not the 0.0 s backoff
 
 
 async def test_post_422_is_invalid_input_without_retry(server: ScriptServer, client: ProviderHTTP) -> None:
@@ -490,6 +519,44 @@ def test_wavespeed_shapes() -> None:
     assert "bad model" in error.message
 
 
+def test_bfl_validation_details_name_the_fields() -> None:
+    body = {
+        "error": "validation_error",
+        "message": "Invalid request parameters",
+        "details": {"width": "Must be a multiple of 16", "prompt": "Cannot be empty"},
+    }
+    for status in (400, 422):
+        error = error_for_response("Black Forest Labs", _response(status, body))
+        assert error.kind == "invalid_input"
+        assert error.message == (
+            "Black Forest Labs refused the request: width: Must be a multiple of 16; prompt: Cannot be empty"
+        )
+    listed = {"message": "Invalid", "details": {"steps": ["too small", "not even"], "seed": "see https://x.example"}}
+    message = error_for_response("B", _response(422, listed)).message
+    assert "steps: too small; not even" in message and "seed: see [link]" in message
+
+
+@pytest.mark.parametrize("status", [400, 403, 422])
+def test_content_policy_errors_are_moderated(status: int) -> None:
+    body = {"error": "content_policy_violation", "message": "The prompt violated content policy"}
+    error = error_for_response("Black Forest Labs", _response(status, body))
+    assert error.kind == "moderated"
+    assert "content policy" in error.message and "nothing was charged" in error.message
+    nested = {"error": {"code": "content_policy_violation", "message": "flagged", "type": "invalid_request_error"}}
+    assert error_for_response("Gateway", _response(status, nested)).kind == "moderated"
+    assert error_for_response("B", _response(status, {"error": "validation_error"})).kind != "moderated"
+
+
+def test_bfl_error_and_message_are_shown() -> None:
+    body = {"error": "invalid_image", "message": "Input image could not be decoded; see https://docs.bfl.ai"}
+    error = error_for_response("Black Forest Labs", _response(400, body))
+    assert error.message == "Black Forest Labs refused the request: Input image could not be decoded; see [link]"
+
+
+def test_wait_text() -> None:
+    assert wait_text(0.2) == "about 1 s" and wait_text(30) == "about 30 s" and wait_text(150) == "about 2 minutes"
+
+
 def test_auth_billing_and_not_found_messages_are_fixed_and_url_free() -> None:
     auth = error_for_response(
         "Replicate",
@@ -548,6 +615,12 @@ def test_retry_after_parsing() -> None:
     assert retry_after(_response(429, {"detail": "resets in 2 minutes"})) == 120
     assert retry_after(_response(429, {"detail": "slow down"})) is None
     assert retry_after(_response(429, {}, headers={"Retry-After": "soon"})) is None
+    bfl = {"error": "rate_limit_exceeded", "message": "Too many concurrent requests", "retry_after": 5}
+    assert retry_after(_response(429, bfl)) == 5
+    assert retry_after(_response(429, {**bfl, "retry_after": "2.5"})) == 2.5
+    assert retry_after(_response(429, {**bfl, "retry_after": -1})) is None
+    assert retry_after(_response(429, {**bfl, "retry_after": True})) is None
+    assert retry_after(_response(429, bfl, headers={"Retry-After": "9"})) == 9  # the header wins
 
 
 def test_backoff_is_exponential_jittered_and_capped() -> None:
@@ -555,7 +628,8 @@ def test_backoff_is_exponential_jittered_and_capped() -> None:
     for retry, (low, high) in enumerate([(0.8, 1.2), (1.6, 2.4), (3.2, 4.8), (5.0, 5.0)]):
         for _ in range(20):
             assert low <= policy.backoff(retry) <= high
-    assert policy.delay(0, 100.0) == 5.0 and policy.delay(0, 0.3) == 0.3
+    assert policy.delay(0, 0.3) == 0.3 and policy.delay(0, 5.0) == 5.0
+    assert policy.delay(0, 5.1) is None  # longer than the policy waits: give up and report it
 
 
 # ---- downloads ----------------------------------------------------------------------------------------------

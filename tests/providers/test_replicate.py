@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import re
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -65,14 +66,13 @@ class Rig:
         self.fake = fake
         self.provider = provider
 
-    async def run(self, job: ProviderJob, *, polls: int = 400) -> tuple[Handle, Status]:
+    async def run(self, job: ProviderJob, *, limit: float = 10.0) -> tuple[Handle, Status]:
         """Submit and poll to a terminal status (the fake's jobs are short)."""
         handle, status = await self.provider.submit(job)
-        for _ in range(polls):
-            if status.state.terminal:
-                return handle, status
-            status = await self.provider.poll(handle)
-        raise AssertionError(f"job did not finish: {status}")
+        async with asyncio.timeout(limit):
+            while not status.state.terminal:
+                status = await self.provider.poll(handle)
+        return handle, status
 
     async def direct_create(self, model: str, inputs: dict[str, Any]) -> Handle:
         """Create a prediction without `Prefer: wait` (test setup, not the code under test)."""
@@ -86,11 +86,13 @@ class Rig:
         return Handle("replicate", response.json()["id"])
 
 
-async def _rig(downloader: Downloader, *, wait: int = 5, read_s: float = 2.0, **fake_options: Any) -> Rig:
+async def _rig(downloader: Downloader, *, wait: int | None = None, read_s: float = 2.0, **fake_options: Any) -> Rig:
+    """`wait=None`: the production default (no `Prefer` header); a number turns sync mode on."""
     fake = FakeReplicate(**fake_options)
     await fake.start()
+    held = {} if wait is None else {"wait_seconds": wait}
     provider = ReplicateProvider(
-        fake.provider_settings(), downloader, wait_seconds=wait, retry=FAST, timeout=httpx.Timeout(read_s)
+        fake.provider_settings(), downloader, retry=FAST, timeout=httpx.Timeout(read_s), **held
     )
     return Rig(fake, provider)
 
@@ -124,27 +126,34 @@ def _safe(message: str | None) -> None:
 
 
 @pytest.mark.parametrize("prefix", ["/v1", "/replicate/v1"], ids=["official", "aggregator"])
-async def test_fill_dev_list_output_in_one_create(make: Any, prefix: str) -> None:
-    rig = await make(prefix=prefix, duration=0.1)
-    handle, status = await rig.provider.submit(fill_job(outputs=2, steps=20))
+async def test_fill_dev_by_default_answers_at_once_then_polls(make: Any, prefix: str) -> None:
+    """No `Prefer` header: the create comes back `starting` with the prediction id, then polls show the tqdm
+    logs growing, then the outputs, downloaded from the CDN without the token."""
+    rig = await make(prefix=prefix, duration=0.5, logs="percent", outcome="never")
+    handle, status = await rig.provider.submit(fill_job(steps=20))
+    assert status.state is State.STARTING and status.raw_status == "starting" and status.progress is None
+    assert handle.job_id in rig.fake.predictions
+    create = rig.fake.api_requests("create")[0]
+    assert create.path == f"{prefix}/models/black-forest-labs/flux-fill-dev/predictions"
+    assert "prefer" not in create.headers
+    assert create.headers["authorization"] == f"Bearer {rig.fake.token}"
+    assert "cancel-after" not in create.headers
+    progress: list[float] = []
+    async with asyncio.timeout(10):
+        while len(set(progress)) < 3:  # this job never ends; its bar grows over half a second
+            status = await rig.provider.poll(handle)
+            assert status.state is State.RUNNING and status.raw_status == "processing"
+            if status.progress is not None:
+                progress.append(status.progress)
+    assert progress == sorted(progress) and all(0 <= p <= 1 for p in progress)
+
+    rig.fake.outcome = "succeeded"
+    handle, status = await rig.run(fill_job(outputs=2, steps=20))
     assert status.state is State.SUCCEEDED and status.progress == 1.0
     assert len(status.outputs) == 2 and status.dropped == 0
     assert status.extra["seed"] == "1234"
-
-    # Sync mode: one create and no polling for a short job.
-    assert rig.fake.count("POST", "create") == 1 and rig.fake.count("GET", "get") == 0
-    create = rig.fake.api_requests("create")[0]
-    assert create.path == f"{prefix}/models/black-forest-labs/flux-fill-dev/predictions"
-    assert create.headers["prefer"] == "wait=5"
-    assert create.headers["authorization"] == f"Bearer {rig.fake.token}"
-    assert "cancel-after" not in create.headers
-    prediction = rig.fake.predictions[handle.job_id]
-    sent = prediction.input
-    assert sent["prompt"] == "a red balloon" and sent["num_outputs"] == 2 and sent["num_inference_steps"] == 20
-    assert sent["output_format"] == "png" and sent["guidance"] == 30.0 and sent["megapixels"] == "1"
-    assert sent["image"].startswith("data:image/png;base64,") and sent["mask"].startswith("data:image/png;base64,")
-    assert "outputs" not in sent and "steps" not in sent
-
+    assert all(o.ref.startswith(rig.fake.cdn_url) for o in status.outputs)
+    assert rig.fake.count("POST", "create") == 2
     data = await rig.provider.download(status.outputs[0])
     picture = Image.open(io.BytesIO(data))
     assert picture.size == fill_dev_size(*SOURCE_SIZE)
@@ -153,9 +162,45 @@ async def test_fill_dev_list_output_in_one_create(make: Any, prefix: str) -> Non
     _no_credentials_left_the_api(rig.fake)
 
 
+async def test_held_create_answering_processing_with_inline_output_is_done(make: Any) -> None:
+    """Sync mode as recorded: the held create says `processing` but its output is already there as data: URIs.
+    Like replicate-python's `run()`, that is the finished job: no poll, no download from the CDN."""
+    rig = await make(duration=0.1, wait=5)
+    handle, status = await rig.provider.submit(fill_job(outputs=2, steps=20))
+    assert rig.fake.api_requests("create")[0].headers["prefer"] == "wait=5"
+    assert status.state is State.SUCCEEDED and status.raw_status == "processing" and status.progress == 1.0
+    assert len(status.outputs) == 2 and status.dropped == 0
+    assert all(o.ref.startswith("data:image/png;base64,") for o in status.outputs)
+    data = await rig.provider.download(status.outputs[0])
+    assert Image.open(io.BytesIO(data)).convert("RGB").getpixel((5, 5)) == tuple(255 - c for c in SOURCE_COLOR)
+    assert rig.fake.count("GET", "get") == 0 and rig.fake.cdn_requests == []
+    assert handle.job_id in rig.fake.predictions
+
+
+async def test_held_create_answering_succeeded_is_done_too(make: Any) -> None:
+    rig = await make(duration=0.05, wait=5, sync_reply="succeeded")
+    _, status = await rig.provider.submit(fill_job())
+    assert status.state is State.SUCCEEDED and status.raw_status == "succeeded"
+    assert status.outputs[0].ref.startswith(rig.fake.cdn_url)
+    assert (await rig.provider.download(status.outputs[0])).startswith(b"\x89PNG")
+    assert rig.fake.count("GET", "get") == 0 and len(rig.fake.cdn_requests) == 1
+
+
+async def test_no_wait_keeps_the_normal_read_timeout(make: Any) -> None:
+    """Without sync mode the create gets the client's own read timeout, not `wait + margin`."""
+    rig = await make(duration=0.02, read_s=0.3)
+    rig.fake.faults.create.append(Fault.slow(1.0))
+    error = await _raises(rig.provider.submit(fill_job()))
+    assert error.kind == "maybe_submitted"
+    held = await make(duration=0.02, read_s=0.3, wait=1)
+    held.fake.faults.create.append(Fault.slow(1.0))  # within the held create's 1 s + margin
+    _, status = await held.provider.submit(fill_job())
+    assert status.state is State.SUCCEEDED
+
+
 async def test_kontext_single_url_output(make: Any) -> None:
     rig = await make(duration=0.05)
-    handle, status = await rig.provider.submit(edit_job(aspect_ratio="1:1"))
+    handle, status = await rig.run(edit_job(aspect_ratio="1:1"))
     assert status.state is State.SUCCEEDED and len(status.outputs) == 1 and status.dropped == 0
     sent = rig.fake.predictions[handle.job_id].input
     assert sent["input_image"].startswith("data:image/png;base64,")
@@ -166,9 +211,10 @@ async def test_kontext_single_url_output(make: Any) -> None:
 
 
 @pytest.mark.parametrize("shape", ["created_data", "url_dict", "string"])
-async def test_other_output_shapes(make: Any, shape: str) -> None:
-    rig = await make(duration=0.05, output_shape=shape)
-    _, status = await rig.provider.submit(edit_job())
+@pytest.mark.parametrize("wait", [None, 5], ids=["polled", "held"])
+async def test_other_output_shapes(make: Any, shape: str, wait: int | None) -> None:
+    rig = await make(duration=0.05, output_shape=shape, wait=wait)
+    _, status = await rig.run(edit_job())
     assert status.state is State.SUCCEEDED and len(status.outputs) == 1
     assert (await rig.provider.download(status.outputs[0])).startswith(b"\x89PNG")
 
@@ -187,7 +233,7 @@ async def test_bare_created_data_reply_from_aggregator(make: Any) -> None:
 async def test_unfinished_201_then_polling(make: Any) -> None:
     rig = await make(duration=1.4, wait=1, read_s=0.3)  # the create's read timeout must outlast the 1 s hold
     handle, status = await rig.provider.submit(fill_job())
-    assert status.state is State.RUNNING  # the 1 s hold ran out first
+    assert status.state is State.STARTING  # the 1 s hold ran out first; Replicate then answers `starting`
     assert rig.fake.api_requests("create")[0].headers["prefer"] == "wait=1"
     seen = [status]
     while not status.state.terminal:
@@ -200,23 +246,26 @@ async def test_unfinished_201_then_polling(make: Any) -> None:
     assert progress and all(0 < p < 1 for p in progress) and progress == sorted(progress)
 
 
-@pytest.mark.parametrize(("asked", "expected"), [(0, 1), (-5, 1), (60, 60), (600, 60)])
-async def test_prefer_wait_is_always_1_to_60(make: Any, asked: int, expected: int) -> None:
+@pytest.mark.parametrize(
+    ("asked", "expected"), [(None, None), (0, None), (-5, None), (1, "wait=1"), (60, "wait=60"), (600, "wait=60")]
+)
+async def test_prefer_wait_is_absent_or_1_to_60(make: Any, asked: int | None, expected: str | None) -> None:
     rig = await make(duration=0.0, wait=asked)
     _, status = await rig.provider.submit(edit_job())
-    assert status.state is State.SUCCEEDED
-    assert rig.fake.api_requests("create")[0].headers["prefer"] == f"wait={expected}"
+    assert status.state is (State.STARTING if expected is None else State.SUCCEEDED)
+    assert rig.fake.api_requests("create")[0].headers.get("prefer") == expected
 
 
-async def test_nsfw_drops_are_counted(make: Any) -> None:
-    rig = await make(duration=0.05, nsfw_drops=1)
-    _, status = await rig.provider.submit(fill_job(outputs=3))
+@pytest.mark.parametrize("wait", [None, 5], ids=["polled", "held"])
+async def test_nsfw_drops_are_counted(make: Any, wait: int | None) -> None:
+    rig = await make(duration=0.05, nsfw_drops=1, wait=wait)
+    _, status = await rig.run(fill_job(outputs=3))
     assert status.state is State.SUCCEEDED and len(status.outputs) == 2 and status.dropped == 1
 
 
 async def test_every_output_dropped_is_reported_as_dropped(make: Any) -> None:
     rig = await make(duration=0.05, nsfw_drops=2)
-    _, status = await rig.provider.submit(fill_job(outputs=2))
+    _, status = await rig.run(fill_job(outputs=2))
     assert status.state is State.SUCCEEDED and status.outputs == () and status.dropped == 2
 
 
@@ -309,23 +358,23 @@ async def test_cancel_errors_are_logged_not_raised(make: Any, caplog: pytest.Log
     assert "cancel of doesnotexist failed" in caplog.text
 
 
-async def test_poll_unknown_id_is_not_found(make: Any) -> None:
+async def test_poll_unknown_id_is_expired(make: Any) -> None:
     rig = await make()
-    error = await _raises(rig.provider.poll(Handle("replicate", "nope")))
-    assert error.kind == "not_found"
+    status = await rig.provider.poll(Handle("replicate", "nope"))
+    assert status.state is State.EXPIRED and status.message is not None and "no longer knows" in status.message
     assert rig.fake.count("GET", "get") == 1
 
 
 async def test_ids_are_quoted_in_paths(make: Any) -> None:
     rig = await make()
-    assert (await _raises(rig.provider.poll(Handle("replicate", "../../models/x?y=1")))).kind == "not_found"
+    assert (await rig.provider.poll(Handle("replicate", "../../models/x?y=1"))).state is State.EXPIRED
     (seen,) = rig.fake.api_requests("get")
     assert seen.raw_path == "/v1/predictions/..%2F..%2Fmodels%2Fx%3Fy%3D1"  # one opaque segment
 
 
 async def test_handle_survives_a_restart(make: Any, downloader: Downloader) -> None:
     rig = await make(duration=0.3, nsfw_drops=1)
-    handle, status = await rig.provider.submit(fill_job(outputs=3))
+    handle, status = await rig.run(fill_job(outputs=3))
     assert status.state is State.SUCCEEDED and status.dropped == 1
     fresh = ReplicateProvider(rig.fake.provider_settings(), downloader, retry=FAST)
     try:
@@ -340,9 +389,9 @@ async def test_handle_survives_a_restart(make: Any, downloader: Downloader) -> N
 
 async def test_no_credentials_reach_foreign_urls_or_the_cdn(make: Any) -> None:
     # Every prediction's urls.get / urls.cancel point at another host, as an aggregator's do (api.replicate.com).
-    rig = await make(duration=0.3, foreign_urls=True, prefix="/replicate/v1", honour_wait=False)
+    rig = await make(duration=0.3, foreign_urls=True, prefix="/replicate/v1", honour_wait=False, wait=5)
     handle, status = await rig.provider.submit(fill_job())
-    assert status.state is State.RUNNING  # this aggregator ignores `Prefer: wait`
+    assert status.state is State.STARTING  # this aggregator ignores `Prefer: wait`
     assert rig.fake.api_requests("create")[0].headers["prefer"] == "wait=5"
     while not status.state.terminal:
         status = await rig.provider.poll(handle)
@@ -455,7 +504,7 @@ async def test_create_fault_after_creation_is_maybe_submitted(make: Any, fault: 
     assert len(rig.fake.predictions) == 1  # ... because the job really exists
 
 
-async def test_create_timeout_is_maybe_submitted(make: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_held_create_timeout_is_maybe_submitted(make: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(replicate, "_READ_MARGIN", 0.2)  # read timeout = wait (1 s) + 0.2 s, to keep this fast
     rig = await make(duration=0.02, wait=1)
     rig.fake.faults.create.append(Fault.slow(2.0))
@@ -466,18 +515,27 @@ async def test_create_timeout_is_maybe_submitted(make: Any, monkeypatch: pytest.
 
 async def test_create_429_is_retried_then_succeeds(make: Any) -> None:
     rig = await make(duration=0.02)
-    rig.fake.faults.create.extend([Fault.rate_limited(resets_in=1), Fault.rate_limited(retry_after="0")])
-    _, status = await rig.provider.submit(fill_job())
-    assert status.state is State.SUCCEEDED
-    assert rig.fake.count("POST", "create") == 3 and len(rig.fake.predictions) == 1
+    rig.fake.faults.create.extend([Fault.rate_limited(resets_in=0.01), Fault.rate_limited(retry_after="0")])
+    handle, status = await rig.provider.submit(fill_job())
+    assert status.state is State.STARTING and list(rig.fake.predictions) == [handle.job_id]
+    assert rig.fake.count("POST", "create") == 3
 
 
 async def test_create_429_exhausted_is_rate_limited(make: Any) -> None:
     rig = await make()
-    rig.fake.faults.create.extend([Fault.rate_limited(resets_in=30)] * FAST.attempts)
+    rig.fake.faults.create.extend([Fault.rate_limited(resets_in=0.01)] * FAST.attempts)
+    error = await _raises(rig.provider.submit(fill_job()))
+    assert error.kind == "rate_limited" and error.retry_after == 0.01
+    assert rig.fake.count("POST", "create") == FAST.attempts and rig.fake.predictions == {}
+
+
+async def test_create_429_with_a_long_reset_says_when_to_retry(make: Any) -> None:
+    rig = await make()
+    rig.fake.faults.create.append(Fault.rate_limited(resets_in=30))
     error = await _raises(rig.provider.submit(fill_job()))
     assert error.kind == "rate_limited" and error.retry_after == 30
-    assert rig.fake.count("POST", "create") == FAST.attempts and rig.fake.predictions == {}
+    assert error.message == f"{rig.provider.label} is rate-limiting the bot; try again in about 30 s."
+    assert rig.fake.count("POST", "create") == 1 and rig.fake.predictions == {}
 
 
 async def test_create_persistent_status(make: Any) -> None:
@@ -498,12 +556,12 @@ async def test_create_persistent_status(make: Any) -> None:
         [Fault.cut()],
         [Fault.slow(1.0)],
         [Fault.rate_limited(retry_after="0")],
-        [Fault.rate_limited(resets_in=30)],
+        [Fault.rate_limited(resets_in=0.01)],
     ],
     ids=["500x2", "html502", "503-504", "reset", "cut", "slow", "429-retry-after", "429-resets-in"],
 )
 async def test_poll_retries_transient_faults(make: Any, faults: list[Fault]) -> None:
-    rig = await make(duration=0.02, read_s=0.3)
+    rig = await make(duration=0.0, read_s=0.3)
     handle, _ = await rig.provider.submit(fill_job())
     rig.fake.faults.get.extend(faults)
     status = await rig.provider.poll(handle)
@@ -512,7 +570,7 @@ async def test_poll_retries_transient_faults(make: Any, faults: list[Fault]) -> 
 
 
 async def test_poll_gives_up_after_attempts(make: Any) -> None:
-    rig = await make(duration=0.02)
+    rig = await make(duration=0.0)
     handle, _ = await rig.provider.submit(fill_job())
     rig.fake.faults.get_status = 500
     assert (await _raises(rig.provider.poll(handle))).kind == "unavailable"
@@ -520,7 +578,7 @@ async def test_poll_gives_up_after_attempts(make: Any) -> None:
 
 
 async def test_poll_truncated_json_is_bad_response(make: Any) -> None:
-    rig = await make(duration=0.02)
+    rig = await make(duration=0.0)
     handle, _ = await rig.provider.submit(fill_job())
     rig.fake.faults.get.append(Fault.truncated())
     error = await _raises(rig.provider.poll(handle))
@@ -530,7 +588,7 @@ async def test_poll_truncated_json_is_bad_response(make: Any) -> None:
 
 async def test_expired_output_file(make: Any) -> None:
     rig = await make(duration=0.02)
-    _, status = await rig.provider.submit(fill_job())
+    _, status = await rig.run(fill_job())
     rig.fake.faults.missing_files = True
     error = await _raises(rig.provider.download(status.outputs[0]))
     assert error.kind == "expired" and "no longer available" in error.message
@@ -538,7 +596,7 @@ async def test_expired_output_file(make: Any) -> None:
 
 async def test_download_retries_cdn_faults_and_respects_size_cap(make: Any) -> None:
     rig = await make(duration=0.02)
-    _, status = await rig.provider.submit(fill_job())
+    _, status = await rig.run(fill_job())
     rig.fake.faults.files.extend([Fault.error(503), Fault.reset()])
     assert (await rig.provider.download(status.outputs[0])).startswith(b"\x89PNG")
     assert len(rig.fake.cdn_requests) == 3
@@ -550,6 +608,34 @@ async def test_download_retries_cdn_faults_and_respects_size_cap(make: Any) -> N
         await provider.aclose()
         await small.aclose()
     assert error.kind == "bad_response" and "larger than" in error.message
+
+
+async def test_fake_answers_in_the_recorded_shapes(make: Any) -> None:
+    """The fake's replies have the shapes replicate-python's cassettes recorded (docs/provider-fakes.md)."""
+    rig = await make(duration=0.3, logs="percent", outcome="never")
+    inputs = {"prompt": "p", "image": f"data:image/png;base64,{_b64(IMAGE)}", "num_inference_steps": 10}
+    url = f"{rig.fake.base_url}/models/{FILL_DEV}/predictions"
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {rig.fake.token}"}) as client:
+        created = await client.post(url, json={"input": inputs})
+        body = created.json()
+        assert created.status_code == 201  # run.yaml: a create without `Prefer` answers at once, `starting`
+        assert set(body) == {"id", "model", "version", "input", "logs", "error", "status", "created_at", "urls"}
+        assert body["status"] == "starting" and body["logs"] == ""
+        async with asyncio.timeout(10):
+            while True:  # run.yaml: the logs then grow one tqdm line per update while `processing`
+                view = (await client.get(f"{rig.fake.base_url}/predictions/{body['id']}")).json()
+                if view["logs"].count("\n") >= 4:
+                    break
+        assert view["status"] == "processing" and "output" not in view
+        first, *bars = view["logs"].splitlines()
+        assert first == "Using seed: 1234" and bars[0] == "  0%|          | 0/10 [00:00<?, ?it/s]"
+        assert all(re.match(r"^\s*(\d+)%\s*\|.+?\|\s*(\d+)/(\d+) \[", line) for line in bars)
+        rig.fake.outcome = "succeeded"
+        held = await client.post(url, json={"input": inputs}, headers={"Prefer": "wait=5"})
+        body = held.json()  # test_predictions_create_blocking[True-10].yaml
+        assert held.status_code == 201 and held.headers["Preference-Applied"] == "wait=5"
+        assert body["status"] == "processing" and body["logs"] == "" and "metrics" not in body
+        assert body["output"][0].startswith("data:image/png;base64,")
 
 
 # ---- pure parsing -------------------------------------------------------------------------------------------
@@ -566,6 +652,20 @@ def test_progress_from_fill_dev_iteration_counter() -> None:
     assert parse_progress(logs, 28) == 0.5
     assert parse_progress(logs, None) is None
     assert parse_progress("28it [00:05, 5.2it/s]\nTotal safe images: 1 out of 1\n", 28) == 0.99
+
+
+def test_progress_from_recorded_logs() -> None:
+    """Logs as replicate-python's run.yaml cassette recorded them (stability-ai/sdxl): one tqdm line per update."""
+    logs = (
+        "Using seed: 42069\nPrompt: a studio photo of a rainbow colored corgi\ntxt2img mode\n"
+        "  0%|          | 0/50 [00:00<?, ?it/s]\n"
+        "  2%|\u258f         | 1/50 [00:00<00:31,  1.57it/s]\n"
+        " 18%|\u2588\u258a        | 9/50 [00:01<00:03, 11.76it/s]\n"
+    )
+    assert parse_progress(logs) == 0.18
+    assert parse_progress("Using seed: 42069\nPrompt: x\ntxt2img mode\n") is None
+    length_less = "Using seed: 24280\nGlobal seed set to 24280\n\n0it [00:00, ?it/s]\n2it [00:00, 12.18it/s]\n"
+    assert parse_progress(length_less, 50) == 0.04  # cjwbw/waifu-diffusion's recorded example
 
 
 def test_progress_absent() -> None:

@@ -226,7 +226,6 @@ async def test_handle_survives_a_restart(fake: FakeWaveSpeed, downloader: Downlo
         (5000, State.FAILED, "internal error"),
         (5003, State.FAILED, "unavailable"),
         (5004, State.TIMED_OUT, "timed out"),
-        (4242, State.FAILED, "could not make the image"),
     ],
 )
 async def test_failure_codes(
@@ -238,9 +237,53 @@ async def test_failure_codes(
     status, _ = await finish(provider, handle)
     assert status.state is state
     assert status.message is not None and words in status.message
-    raw = FAIL_ERRORS.get(code, "unknown error")
+    raw = FAIL_ERRORS[code]
     assert raw not in status.message and raw in status.detail
     assert fake.requests_to("delivery") == []
+
+
+@pytest.mark.parametrize(
+    ("code", "error", "message"),
+    [
+        (None, None, "The provider could not make the image: Model error"),  # the official SDK's fixture
+        (None, "Error message here", "The provider could not make the image: Error message here"),  # the docs
+        (None, "NSFW check failed for https://cdn.example/x.png", "The provider could not make the image: NSFW "
+         "check failed for [link]"),
+        (None, "", "The provider could not make the image."),
+        (4242, "quota of gpu-17 exhausted", "The provider could not make the image: quota of gpu-17 exhausted"),
+    ],
+)
+async def test_failure_without_a_known_code_shows_the_providers_error(
+    fake: FakeWaveSpeed, provider: WaveSpeedProvider, code: int | None, error: str | None, message: str
+) -> None:
+    fake.outcome = "failed"
+    fake.fail_code = code
+    fake.fail_error = error
+    handle, _ = await provider.submit(fill_job())
+    status, _ = await finish(provider, handle)
+    assert status.state is State.FAILED and status.message == message
+    assert f"code={code}" in status.detail
+
+
+async def test_bare_submit_reply_is_tracked(fake: FakeWaveSpeed, provider: WaveSpeedProvider) -> None:
+    """The official SDK's fixtures answer a submit with only `{"data": {"id": ...}}`: the job exists, track it."""
+    fake.bare_submit = True
+    handle, first = await provider.submit(fill_job())
+    assert first.state is State.STARTING and handle.job_id in fake.jobs
+    assert (await finish(provider, handle))[0].state is State.SUCCEEDED
+
+
+async def test_pending_is_queued_not_running(fake: FakeWaveSpeed, provider: WaveSpeedProvider) -> None:
+    """The official SDK's fixtures answer `pending` for a queued task: that is STARTING, not RUNNING."""
+    fake.queued_status = "pending"
+    fake.duration = 60.0  # queued for the first 18 s (`created_for`)
+    handle, first = await provider.submit(fill_job())
+    assert first.state is State.STARTING and first.raw_status == "pending"
+    status = await provider.poll(handle)
+    assert status.state is State.STARTING and status.raw_status == "pending"
+    fake.duration = 0.0
+    handle, _ = await provider.submit(fill_job())
+    assert (await finish(provider, handle))[0].state is State.SUCCEEDED
 
 
 @pytest.mark.parametrize(("outcome", "state"), [("cancelled", State.CANCELED), ("timeout", State.TIMED_OUT)])
