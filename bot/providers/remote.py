@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from bot.config import _KEY_VARS, ProviderSettings
+from bot.config import ProviderSettings
 from bot.errors import ConfigError, ProviderError
 from bot.lifecycle.states import State
 from bot.providers.base import Handle, Output, Provider, Status
@@ -55,7 +55,10 @@ class HTTPProvider(Provider):
         retry: RetryPolicy | None = None,
     ) -> None:
         if settings.api_key is None:
-            raise ConfigError(f"{_KEY_VARS[self.name]} is not set, so the {self.name} provider cannot be used.")
+            from bot.providers.registry import PROVIDERS  # the registry builds these clients: import it late
+
+            variable = PROVIDERS[self.name].env.key
+            raise ConfigError(f"{variable} is not set, so the {self.name} provider cannot be used.")
         self._downloader = downloader
         self._http = ProviderHTTP(
             label=self.label,
