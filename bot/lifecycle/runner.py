@@ -265,6 +265,7 @@ class Runner:
         """Poll until the provider finishes, then download and store the outputs."""
         deadline = self.clock() + self.deadline
         polls = failures = 0
+        asked_wait = 0.0  # a rate-limited poll's own hint: the next poll waits at least that long
         while status is None or not status.state.terminal:
             if status is not None:
                 await self._observe(live, status)
@@ -279,7 +280,9 @@ class Runner:
                     f"{charged_note(live.state)}",
                 ))
             cap = _RUNNING_POLL_CAP if live.state is State.RUNNING else _WAITING_POLL_CAP
-            delay = min(self.poll_interval * _BACKOFF**polls, cap, remaining)
+            backoff = min(self.poll_interval * _BACKOFF ** min(polls, 32), cap)
+            delay = min(max(backoff, asked_wait), remaining)
+            asked_wait = 0.0
             if await self._wait(live, provider, handle, delay):
                 continue  # canceled meanwhile
             polls += 1
@@ -290,6 +293,7 @@ class Runner:
                 failures += 1
                 if exc.kind not in _TRANSIENT or failures >= _MAX_POLL_FAILURES:
                     raise _Stop(await self._end(live, failure_state(exc), exc.message)) from None
+                asked_wait = exc.retry_after or 0.0
                 log.warning("job %s: poll failed (%s), will retry: %s", live.id, exc.kind, exc.message)
         return await self._collect(live, provider, status)
 
