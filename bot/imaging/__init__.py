@@ -30,7 +30,7 @@ from bot.imaging.masks import (
     require_kept_area,
     soften,
 )
-from bot.imaging.preview import PREVIEW_MIME, mask_preview
+from bot.imaging.preview import mask_preview
 from bot.imaging.sizing import (
     BFL_FILL,
     KONTEXT,
@@ -50,7 +50,6 @@ __all__ = [
     "KONTEXT",
     "LOCAL",
     "MIME_TYPES",
-    "PREVIEW_MIME",
     "PROVIDER_MIME",
     "REPLICATE_FILL",
     "WAVESPEED_FILL",

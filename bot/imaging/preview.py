@@ -9,7 +9,6 @@ from PIL import Image
 from bot.imaging.encoding import encode
 
 PREVIEW_FORMAT = "jpeg"
-PREVIEW_MIME = "image/jpeg"
 PREVIEW_QUALITY = 80
 TINT = (255, 0, 200)
 TINT_STRENGTH = 0.45
