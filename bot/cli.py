@@ -191,6 +191,7 @@ async def _run_job(settings: Settings, args: argparse.Namespace) -> int:
             print(f"note: {notice}", file=sys.stderr)
         await _mention_interrupted(storage)
         lifecycle = Lifecycle(settings, storage, service)
+        lifecycle.serve("cli", None)  # keep the leases of the jobs this command runs
         record = await lifecycle.record(_record(service.new_job_id(), request))
         print(f"job {record.id}: {request.spec.label}, seed {request.params.get('seed', '-')} (a new job)",
               file=sys.stderr)
@@ -212,6 +213,7 @@ async def _resume_job(settings: Settings, args: argparse.Namespace) -> int:
         if record.delivered_at is not None:
             raise UserError(f"Job `{record.id}` is already finished ({record.status}).")
         lifecycle = Lifecycle(settings, storage, service)
+        lifecycle.serve("cli", None)  # keep the leases of the jobs this command runs
         sink = FileSink(args.out)
         if not await lifecycle.resume(record.id, sink):
             raise UserError(f"Job `{record.id}` is being run by another process right now.")

@@ -43,8 +43,9 @@ class Lifecycle:
     def owner(self) -> str:
         return self.store.owner
 
-    def serve(self, front: Front, sink_for: SinkFactory) -> None:
-        """Keep this process's leases and take over `front`'s jobs that nobody runs (after a restart too)."""
+    def serve(self, front: Front, sink_for: SinkFactory | None) -> None:
+        """Keep this process's leases; with `sink_for`, also take over `front`'s jobs that nobody runs (after a
+        restart too). The command line passes None: it only follows the jobs it was asked to run."""
         if self._keeper is None:
             self._keeper = Keeper(self.store, self.runner, front, sink_for)
             self._keeper.start()

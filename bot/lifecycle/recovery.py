@@ -48,9 +48,9 @@ SinkFactory = Callable[[JobRecord], Awaitable[JobSink]]
 
 
 class Keeper:
-    """Renews this process's leases and takes over jobs whose owner stopped renewing theirs."""
+    """Renews this process's leases and (with a `sink_for`) takes over jobs whose owner stopped renewing theirs."""
 
-    def __init__(self, store: JobStore, runner: Runner, front: Front, sink_for: SinkFactory) -> None:
+    def __init__(self, store: JobStore, runner: Runner, front: Front, sink_for: SinkFactory | None) -> None:
         self.store = store
         self.runner = runner
         self.front = front
@@ -73,7 +73,8 @@ class Keeper:
         while True:
             try:
                 await self.renew()
-                await self.take_over()
+                if self.sink_for is not None:
+                    await self.take_over()
             except Exception:  # the database may be failing; the next round tries again
                 log.exception("job keeper round failed")
             await asyncio.sleep(self.interval)
@@ -85,6 +86,7 @@ class Keeper:
 
     async def take_over(self) -> int:
         """Claim and resume the jobs nobody holds; returns how many were taken."""
+        assert self.sink_for is not None
         taken = 0
         for record in await self.store.claimable(self.front):
             if record.id in self.store.held:

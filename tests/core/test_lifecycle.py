@@ -345,3 +345,16 @@ async def all_at_provider(p: Process, ids: list[str]) -> bool:
 
 async def _never(record: JobRecord) -> RecordingSink:
     raise AssertionError("the dying process must not take jobs over")
+
+
+async def test_a_job_outliving_its_lease_stays_with_its_process(tmp_path: Path) -> None:
+    db = tmp_path / "bot.db"
+    async with FakeReplicate(duration=3.0, honour_wait=False) as fake, \
+            process(db, **replicate_env(fake)) as runner, process(db, **replicate_env(fake)) as other:
+        runner.lifecycle.serve("cli", None)  # renews, takes nothing over
+        job_id = await runner.submit()
+        await until(lambda: _at_provider(runner, job_id), what="running")
+        await asyncio.sleep(1.5)  # several leases (0.6 s) long
+        assert await other.storage.claim_job(job_id, other.lifecycle.owner, 0.0) is None
+        assert (await runner.ending(job_id)).state is State.SUCCEEDED
+        assert fake.count("POST", "create") == 1
