@@ -18,7 +18,8 @@ What a crash at each step leaves, and what the next owner does (states in `state
 | showing a failure                      | an outcome     | shows it again                                            |
 
 "Shown" is recorded (`delivered_at`) only after the front end confirmed it, so the last two rows may repeat an
-edit of the same reply, never a second job.
+edit of the same reply, never a second job. The branches themselves are `Runner._advance`, one per state (the
+same code runs a fresh job), with the messages `MSG_RESTART_PREPARING` and `MSG_RESTART_SUBMITTING`.
 """
 
 from __future__ import annotations
@@ -34,15 +35,6 @@ from bot.lifecycle.store import JobStore
 from bot.storage import Front, JobRecord
 
 log = logging.getLogger(__name__)
-
-MSG_RESTART_PREPARING = (
-    "The bot restarted while it was preparing your pictures. Nothing was sent to the provider and nothing was "
-    "charged: please run the command again."
-)
-MSG_RESTART_SUBMITTING = (
-    "The bot restarted while this job was being sent to the provider, so it cannot tell whether the provider got "
-    "it. It was not sent again, to avoid paying twice; you may be charged once for it. Press Rerun to try again."
-)
 
 SinkFactory = Callable[[JobRecord], Awaitable[JobSink]]
 

@@ -41,6 +41,15 @@ _WAITING_POLL_CAP = 5.0
 MAX_OUTPUTS = 4  # the most any spec allows: more outputs from a provider are dropped, never downloaded
 
 MSG_BUG = "Something went wrong on our side; the error was logged. Please try again."
+# What a job left in these states by a process that stopped ends with (recovery.py has the whole table).
+MSG_RESTART_PREPARING = (
+    "The bot restarted while it was preparing your pictures. Nothing was sent to the provider and nothing was "
+    "charged: please run the command again."
+)
+MSG_RESTART_SUBMITTING = (
+    "The bot restarted while this job was being sent to the provider, so it cannot tell whether the provider got "
+    "it. It was not sent again, to avoid paying twice; you may be charged once for it. Press Rerun to try again."
+)
 MSG_INPUTS_GONE = "The pictures of this job are no longer stored, so it cannot be sent."
 
 
@@ -190,14 +199,10 @@ class Runner:
         """From the stored state to an ending; each branch is where a restart picks the job up."""
         state = live.state
         if state is State.PREPARING:
-            from bot.lifecycle.recovery import MSG_RESTART_PREPARING
-
             return await self._end(live, State.FAILED, MSG_RESTART_PREPARING)
         if state is State.QUEUED:
             return await self._at_provider(live, job or await self._prepare_again(live), None)
         if state is State.SUBMITTING:
-            from bot.lifecycle.recovery import MSG_RESTART_SUBMITTING
-
             return await self._end(live, State.FAILED, MSG_RESTART_SUBMITTING)
         if state in (State.STARTING, State.RUNNING):
             if live.record.handle is None:
@@ -255,6 +260,7 @@ class Runner:
             if exc.kind == "maybe_submitted":
                 log.warning("job %s: create may have reached %s: %s", live.id, provider.name, exc.message)
             raise _Stop(await self._end(live, failure_state(exc), message)) from None
+        live.handle = handle  # known before it is recorded: a database failure can still stop it
         state = status.state if status.state in (State.STARTING, State.RUNNING) else State.STARTING
         await self._move(live, state, handle=handle.to_json())
         log.info("job %s submitted to %s as %s", live.id, provider.name, handle.job_id)
