@@ -96,6 +96,9 @@ def settings_for(db: Path, **env: str) -> Settings:
                           "JOB_LEASE_SECONDS": "0.6", **env})
 
 
+LONG_LEASE = "2.0"  # for tests where a busy machine must not make a live process miss a renewal
+
+
 @contextlib.asynccontextmanager
 async def process(db: Path, *, busy_timeout: float = 5.0, **env: str) -> AsyncIterator[Process]:
     settings = settings_for(db, **env)
@@ -144,8 +147,8 @@ async def test_replicate_progress_reaches_the_front_end_while_running(tmp_path: 
 
 async def test_a_burst_behind_a_small_limit_never_reads_queued_once_sent(tmp_path: Path) -> None:
     """Queue positions are shown, never recorded: a job whose create may have left is never `queued`."""
-    async with FakeReplicate(duration=0.3, honour_wait=False) as fake, \
-            process(tmp_path / "bot.db", **replicate_env(fake, REPLICATE_MAX_CONCURRENCY="3")) as p:
+    async with FakeReplicate(duration=0.5, honour_wait=False) as fake, \
+            process(tmp_path / "bot.db", **replicate_env(fake, REPLICATE_MAX_CONCURRENCY="2")) as p:
         seen_at_create: list[State] = []
         original = p.service.providers["replicate"].submit
 
@@ -286,8 +289,8 @@ async def _no_active(storage: Storage) -> bool:
 # ------------------------------------------------------------------------------------ two processes, one db
 async def test_two_processes_never_run_the_same_job_and_one_takes_over_from_a_dead_one(tmp_path: Path) -> None:
     db = tmp_path / "bot.db"
-    async with FakeReplicate(duration=3.0, honour_wait=False) as fake:  # still running when their process dies
-        env = replicate_env(fake)
+    async with FakeReplicate(duration=8.0, honour_wait=False) as fake:  # still running when their process dies
+        env = replicate_env(fake, JOB_LEASE_SECONDS=LONG_LEASE)
         async with process(db, **env) as survivor:
             taken: list[RecordingSink] = []
 
@@ -299,14 +302,14 @@ async def test_two_processes_never_run_the_same_job_and_one_takes_over_from_a_de
 
             survivor.lifecycle.serve("cli", sink_for)
             doomed = await _start_dying(db, env)
-            await asyncio.sleep(1.0)  # longer than a lease: the dying process keeps renewing its own
+            await asyncio.sleep(2.5)  # longer than a lease: the dying process keeps renewing its own
             assert not taken  # leases held: the survivor keeps its hands off
             assert all([await _at_provider(survivor, job_id) for job_id in doomed.ids])
             await doomed.die()  # no clean shutdown: its leases are left to run out
             ids = doomed.ids
             for job_id in ids:
-                await until(lambda job_id=job_id: job_id in survivor.sinks, within=10, what="taken over")
-                ending = await survivor.ending(job_id)
+                await until(lambda job_id=job_id: job_id in survivor.sinks, within=30, what="taken over")
+                ending = await survivor.ending(job_id, within=30)
                 assert ending.state is State.SUCCEEDED
             assert fake.count("POST", "create") == len(ids)  # resumed by polling, never sent twice
 
@@ -349,12 +352,13 @@ async def _never(record: JobRecord) -> RecordingSink:
 
 async def test_a_job_outliving_its_lease_stays_with_its_process(tmp_path: Path) -> None:
     db = tmp_path / "bot.db"
-    async with FakeReplicate(duration=3.0, honour_wait=False) as fake, \
-            process(db, **replicate_env(fake)) as runner, process(db, **replicate_env(fake)) as other:
+    env = {"JOB_LEASE_SECONDS": LONG_LEASE}
+    async with FakeReplicate(duration=6.0, honour_wait=False) as fake, \
+            process(db, **replicate_env(fake, **env)) as runner, process(db, **replicate_env(fake, **env)) as other:
         runner.lifecycle.serve("cli", None)  # renews, takes nothing over
         job_id = await runner.submit()
         await until(lambda: _at_provider(runner, job_id), what="running")
-        await asyncio.sleep(1.5)  # several leases (0.6 s) long
+        await asyncio.sleep(4.5)  # two leases and more
         assert await other.storage.claim_job(job_id, other.lifecycle.owner, 0.0) is None
         assert (await runner.ending(job_id)).state is State.SUCCEEDED
         assert fake.count("POST", "create") == 1
