@@ -17,11 +17,9 @@ import discord
 from discord.ext import commands, tasks
 
 from bot.config import Settings
-from bot.guild_settings import AuditEntry
 from bot.lifecycle.jobs import Lifecycle
 from bot.service import FillService
 from bot.storage import Storage
-from cogs.channels import own_text_channel
 
 log = logging.getLogger(__name__)
 
@@ -84,26 +82,6 @@ class FillBot(commands.Bot):
             return False
         settings = await self.storage.guild_settings(guild_id)
         return settings.flagged_outputs == "spoiler"
-
-    async def moderation_event(self, entry: AuditEntry) -> None:
-        """Audit a moderation action and post it to the server's log channel, if one is set."""
-        await self.storage.record_event(entry)
-        await self.announce(entry.guild_id, f"<@{entry.actor_id}> {entry.key}: {entry.old or ''}".strip())
-
-    async def announce(self, guild_id: int, text: str) -> None:
-        """Post a moderation notice to the server's log channel (best effort)."""
-        settings = await self.storage.guild_settings(guild_id)
-        if settings.log_channel_id is None:
-            return
-        channel = own_text_channel(self, guild_id, settings.log_channel_id)
-        if channel is None:
-            log.warning("log channel %s is not a text channel of %s: notice not posted",
-                        settings.log_channel_id, guild_id)
-            return
-        try:
-            await channel.send(text[:2000], allowed_mentions=discord.AllowedMentions.none())
-        except discord.HTTPException as exc:
-            log.warning("could not post to log channel %s of %s: %s", settings.log_channel_id, guild_id, exc.status)
 
     async def close(self) -> None:
         purge = self.purge_history.get_task()

@@ -44,7 +44,7 @@ from bot.params import (
 from bot.pipeline import JobInputs, Prepared
 from bot.storage import JobRecord
 from cogs import buttons, rendering
-from cogs.channels import own_text_channel
+from cogs.channels import announce, moderation_event, own_text_channel
 from cogs.delivery import DiscordSink, JobContext, new_target, sink_for_record
 from cogs.errors import PUBLIC_THINKING
 from cogs.live_reply import LiveReply, Upload
@@ -135,7 +135,7 @@ class JobFlow(commands.Cog):
             if verdict.blocked_term is not None:
                 field = verdict.blocked_field or "prompt"
                 notice = blocked_notice(interaction.user.id, channel_id, verdict.blocked_term, field)
-                self.spawn(self.bot.announce(guild_id, notice))  # in the background: the refusal goes first
+                self.spawn(announce(self.bot, guild_id, notice))  # in the background: the refusal goes first
                 what = "Your prompt" if field == "prompt" else f"The `{field}` option"
                 raise UserError(
                     f"{what} contains “{verdict.blocked_term}”, which this server does not allow. Please rephrase it."
@@ -340,10 +340,9 @@ class JobFlow(commands.Cog):
         await self.bot.storage.update_job(job_id, reply_message_id=None)
         record = await self.bot.storage.get_job(job_id)
         if record is not None and interaction.user.id != record.user_id and interaction.guild_id is not None:
-            await self.bot.moderation_event(
-                AuditEntry(interaction.guild_id, interaction.user.id, "deleted result", f"job {job_id} by "
-                           f"<@{record.user_id}>", None, time.time())
-            )
+            entry = AuditEntry(interaction.guild_id, interaction.user.id, "deleted result",
+                               f"job {job_id} by <@{record.user_id}>", None, time.time())
+            await moderation_event(self.bot, entry)
 
     async def share(self, interaction: discord.Interaction, record: JobRecord) -> None:
         if interaction.guild_id is None:

@@ -21,7 +21,7 @@ from bot.guild_settings import (
     parse_setting,
 )
 from bot.providers.registry import SAFETY_MAX
-from cogs.channels import own_text_channel
+from cogs.channels import announce, own_text_channel
 from cogs.rendering import FIELD_VALUE_MAX, truncate
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ class SettingsCog(commands.GroupCog, group_name="fill-settings", group_descripti
             return
         lines = "\n".join(f"• {e.describe()}" for e in entries)
         await interaction.response.send_message(f"Updated:\n{lines}", ephemeral=True)
-        await self.bot.announce(guild_id, f"<@{interaction.user.id}> changed fillbot settings:\n{lines}")
+        await announce(self.bot, guild_id, f"<@{interaction.user.id}> changed fillbot settings:\n{lines}")
 
     @app_commands.command(name="show", description="Show this server's fillbot settings.")
     async def show(self, interaction: discord.Interaction) -> None:
