@@ -279,7 +279,7 @@ class Runner:
                     f"{charged_note(live.state)}",
                 ))
             cap = _RUNNING_POLL_CAP if live.state is State.RUNNING else _WAITING_POLL_CAP
-            delay = min(self.poll_interval * _BACKOFF**polls, cap, remaining)
+            delay = min(provider.fallback_poll(handle) or min(self.poll_interval * _BACKOFF**polls, cap), remaining)
             if await self._wait(live, provider, handle, delay):
                 continue  # canceled meanwhile
             polls += 1
