@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 
 import aiohttp
 import discord
@@ -20,6 +21,7 @@ from bot.config import Settings
 from bot.lifecycle.jobs import Lifecycle
 from bot.service import FillService
 from bot.storage import Storage
+from bot.web.server import WebServer
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,7 @@ class FillBot(commands.Bot):
         self._lifecycle: Lifecycle | None = None
         self.edit_interval = edit_interval
         self.recover = recover
+        self.web: WebServer | None = None  # on when PUBLIC_URL is set (bot/web)
 
     @property
     def storage(self) -> Storage:
@@ -64,10 +67,17 @@ class FillBot(commands.Bot):
         if self._storage is None:
             self._storage = await Storage.open(self.settings.database_path)
         self._lifecycle = Lifecycle(self.settings, self._storage, self.service)
+        if self.settings.web is not None and self.recover:
+            self.web = WebServer(self.settings.web, storage=self._storage, runner=self._lifecycle.runner,
+                                 providers=self.service.providers, gateway_ok=self.gateway_connected)
+            await self.web.start()
         for extension in EXTENSIONS:
             await self.load_extension(extension)
         if self.recover:  # background work only for a serving bot, not for `fillbot sync`
             self.purge_history.start()
+
+    def gateway_connected(self) -> bool:
+        return self.is_ready() and not self.is_closed() and math.isfinite(self.latency)
 
     @tasks.loop(hours=6)
     async def purge_history(self) -> None:
@@ -89,6 +99,8 @@ class FillBot(commands.Bot):
         if purge is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await purge
+        if self.web is not None:
+            await self.web.stop()
         if self._lifecycle is not None:
             await self._lifecycle.aclose()
         await self.service.aclose()

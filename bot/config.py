@@ -6,6 +6,7 @@ A wrong value fails fast with the variable's name and what is allowed. Secrets a
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 from collections.abc import Mapping
@@ -55,6 +56,16 @@ class ProviderSettings:
 
 
 @dataclass(frozen=True)
+class WebSettings:
+    """The optional web side (provider webhooks, health, metrics): on only when PUBLIC_URL is set."""
+
+    public_url: str  # how providers and people reach the server, no trailing slash
+    host: str = "127.0.0.1"
+    port: int = 8080
+    fallback_poll: float = 30.0  # seconds between status checks of a job whose provider calls back
+
+
+@dataclass(frozen=True)
 class Settings:
     discord_token: Secret | None
     providers: Mapping[str, ProviderSettings]
@@ -68,6 +79,7 @@ class Settings:
     log_level: str
     dev_guild_id: int | None = None
     job_lease: float = 30.0  # seconds a dead process's jobs wait before another process takes them over
+    web: WebSettings | None = None
 
     @property
     def available_providers(self) -> tuple[str, ...]:
@@ -144,6 +156,41 @@ class _Reader:
         return raw.rstrip("/")
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _web_settings(read: _Reader) -> WebSettings | None:
+    """PUBLIC_URL turns the web side on; it must be https, except on this machine (tests, local tunnels)."""
+    raw = read.text("PUBLIC_URL")
+    if raw is None:
+        return None
+    parts = urlsplit(raw)
+    example = "https://fillbot.example.org"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"PUBLIC_URL={raw!r} is not an http(s) URL (example: {example}).")
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        raise ConfigError(
+            f"PUBLIC_URL={raw!r} must use https: providers and browsers reach it over the internet "
+            "(plain http is allowed only for localhost/127.0.0.1)."
+        )
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ConfigError(f"PUBLIC_URL={raw!r} must not have a query, fragment or credentials (example: {example}).")
+    host = read.text("WEB_HOST", "127.0.0.1")
+    assert host is not None
+    return WebSettings(
+        public_url=raw.rstrip("/"),
+        host=host,
+        port=read.integer("WEB_PORT", 8080, minimum=1, maximum=65535),
+        fallback_poll=read.number("WEBHOOK_FALLBACK_POLL", 30.0, minimum=1.0, maximum=600.0),
+    )
+
+
 def load_settings(env: Mapping[str, str] | None = None, *, env_file: str | os.PathLike[str] = ".env") -> Settings:
     """Read settings from `env` (default: `.env` overlaid by the process environment)."""
     if env is None:
@@ -198,4 +245,5 @@ def load_settings(env: Mapping[str, str] | None = None, *, env_file: str | os.Pa
         log_level=log_level,
         dev_guild_id=int(guild) if guild else None,
         job_lease=read.number("JOB_LEASE_SECONDS", 30.0, minimum=0.2, maximum=600.0),
+        web=_web_settings(read),
     )

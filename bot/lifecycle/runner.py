@@ -286,7 +286,7 @@ class Runner:
                     f"{charged_note(live.state)}",
                 ))
             cap = _RUNNING_POLL_CAP if live.state is State.RUNNING else _WAITING_POLL_CAP
-            backoff = min(self.poll_interval * _BACKOFF ** min(polls, 32), cap)
+            backoff = provider.fallback_poll(handle) or min(self.poll_interval * _BACKOFF ** min(polls, 32), cap)
             delay = min(max(backoff, asked_wait), remaining)
             asked_wait = 0.0
             if await self._wait(live, provider, handle, delay):

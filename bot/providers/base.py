@@ -11,9 +11,13 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from bot.lifecycle.states import State
 from bot.params import ModelSpec, Value
+
+if TYPE_CHECKING:
+    from bot.web.hooks import Delivery, WebhookHub
 
 
 @dataclass(frozen=True)
@@ -37,20 +41,36 @@ class ProviderJob:
 
 
 @dataclass(frozen=True)
+class Callback:
+    """The per-job webhook credentials: the unguessable path token, and the signing secret for providers that
+    take one per job (BFL). Kept in the handle so a resumed job still accepts its provider's call."""
+
+    token: str
+    secret: str | None = None
+
+
+@dataclass(frozen=True)
 class Handle:
     """A submitted job at a provider; JSON-serialisable so polling can resume after a restart."""
 
     provider: str
     job_id: str
     poll_url: str | None = None
+    callback: Callback | None = None
 
     def to_json(self) -> str:
-        return json.dumps({"provider": self.provider, "job_id": self.job_id, "poll_url": self.poll_url})
+        data: dict[str, object] = {"provider": self.provider, "job_id": self.job_id, "poll_url": self.poll_url}
+        if self.callback is not None:
+            data["callback"] = {"token": self.callback.token, "secret": self.callback.secret}
+        return json.dumps(data)
 
     @classmethod
     def from_json(cls, text: str) -> Handle:
         data = json.loads(text)
-        return cls(provider=str(data["provider"]), job_id=str(data["job_id"]), poll_url=data.get("poll_url"))
+        hook = data.get("callback")
+        callback = Callback(str(hook["token"]), hook.get("secret")) if isinstance(hook, dict) else None
+        return cls(provider=str(data["provider"]), job_id=str(data["job_id"]), poll_url=data.get("poll_url"),
+                   callback=callback)
 
 
 @dataclass(frozen=True)
@@ -80,6 +100,8 @@ class Provider(ABC):
 
     name: str
     supports_cancel: bool = False
+    # Set by the web server when PUBLIC_URL is on: create requests then ask the provider to call back.
+    webhooks: WebhookHub | None = None
 
     @abstractmethod
     async def submit(self, job: ProviderJob) -> tuple[Handle, Status]:
@@ -90,10 +112,25 @@ class Provider(ABC):
         """Look at the job once (GETs may retry transient faults internally)."""
 
     async def settle(self, handle: Handle) -> None:
-        """Return when there may be news of the job; the caller bounds the wait with its poll delay. Remote
-        providers have no signal of their own (this waits until cancelled); one that can tell sooner (the local
-        provider) overrides it."""
+        """Return when there may be news of the job; the caller bounds the wait with its poll delay. A job
+        submitted with a callback returns when its provider's verified webhook arrives; otherwise remote
+        providers have no signal (this waits until cancelled) and the local provider overrides it."""
+        if self.webhooks is not None and handle.callback is not None:
+            await self.webhooks.news(self.name, handle.callback)
+            return
         await asyncio.Event().wait()
+
+    def fallback_poll(self, handle: Handle) -> float | None:
+        """Seconds between status checks when the provider will call back (webhooks are the fast path then);
+        None: poll at the engine's own pace."""
+        if self.webhooks is not None and handle.callback is not None:
+            return self.webhooks.fallback_poll
+        return None
+
+    async def verify_webhook(self, callback: Callback, body: bytes, headers: Mapping[str, str]) -> Delivery | None:
+        """Check one delivery's signature; None if it is not from the provider. Providers without webhooks
+        accept none."""
+        return None
 
     async def cancel(self, handle: Handle) -> None:
         """Best-effort cancel; providers without a cancel endpoint do nothing."""

@@ -22,9 +22,10 @@ import httpx
 from bot.errors import ProviderError
 from bot.lifecycle.states import State
 from bot.params import BFL_FILL, BFL_KONTEXT, Value
-from bot.providers.base import Handle, Output, ProviderJob, Status
+from bot.providers.base import Callback, Handle, Output, ProviderJob, Status
 from bot.providers.http import clean_text, content_policy_message, is_content_policy
 from bot.providers.remote import DETAIL_CAP, MSG_GONE, HTTPProvider
+from bot.web.hooks import Delivery, body_id, verify_bfl
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +148,10 @@ class BFLProvider(HTTPProvider):
 
     async def submit(self, job: ProviderJob) -> tuple[Handle, Status]:
         path, body = self._body(job)
+        callback = self.webhooks.issue(self.name, with_secret=True) if self.webhooks is not None else None
+        if callback is not None:
+            assert self.webhooks is not None and callback.secret is not None
+            body.update(webhook_url=self.webhooks.url(self.name, callback), webhook_secret=callback.secret)
         _, data = await self._http.post_json(path, body)
         job_id = data.get("id") if isinstance(data, Mapping) else None
         if not isinstance(job_id, str) or not job_id:
@@ -161,8 +166,14 @@ class BFLProvider(HTTPProvider):
         if isinstance(data.get("cost"), int | float) and not isinstance(data.get("cost"), bool):
             extra["cost"] = str(data["cost"])
         log.info("BFL job %s submitted (%s)", job_id, path)
-        handle = Handle(provider=self.name, job_id=job_id, poll_url=polling_url)
+        handle = Handle(provider=self.name, job_id=job_id, poll_url=polling_url, callback=callback)
         return handle, Status(State.STARTING, raw_status="submitted", extra=extra)
+
+    async def verify_webhook(self, callback: Callback, body: bytes, headers: Mapping[str, str]) -> Delivery | None:
+        """`X-BFL-Signature` with the job's own secret; BFL calls once the job has ended."""
+        if callback.secret is None or verify_bfl(callback.secret, body, headers) is None:
+            return None
+        return Delivery(id=body_id(body), final=True)
 
     def _poll_target(self, handle: Handle) -> str:
         """The job's own `polling_url` (BFL moves jobs between clusters), only while it is on a trusted host."""

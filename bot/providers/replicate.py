@@ -25,9 +25,10 @@ import httpx
 from bot.config import ProviderSettings
 from bot.errors import ProviderError
 from bot.lifecycle.states import State
-from bot.providers.base import Handle, InputImage, Output, ProviderJob, Status
+from bot.providers.base import Callback, Handle, InputImage, Output, ProviderJob, Status
 from bot.providers.http import Downloader, RetryPolicy, clean_text
 from bot.providers.remote import HTTPProvider, as_int
+from bot.web.hooks import Delivery, verify_standard
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ _READ_MARGIN = 5.0  # the read timeout of a held create: `wait_seconds` plus thi
 _DETAIL_CAP = 2000
 _REMEMBERED_JOBS = 1024
 _LARGE_DATA_URI = 1024 * 1024  # Replicate recommends data URIs only up to 256 KB–1 MB (§1)
+WEBHOOK_EVENTS = ["start", "output", "logs", "completed"]  # logs carry the progress bar
 
 # replicate-python's Prediction.Progress pattern, and cog-flux's length-less tqdm ("28it [00:05, 5.2it/s]").
 _TQDM_PERCENT = re.compile(r"^\s*(\d+)%\s*\|.+?\|\s*(\d+)/(\d+)")
@@ -174,6 +176,7 @@ class ReplicateProvider(HTTPProvider):
         # 0 (or less): no `Prefer` header at all; 1..60: sync mode, capped at Replicate's documented maximum.
         self.wait_seconds = max(0, min(MAX_WAIT, int(wait_seconds)))
         self._asked: OrderedDict[str, _Asked] = OrderedDict()
+        self._signing_secret: str | None = None
 
     # ---- Provider API -----------------------------------------------------------------------------------
 
@@ -182,7 +185,11 @@ class ReplicateProvider(HTTPProvider):
         and often answers with the finished output."""
         owner, _, model = job.spec.model.partition("/")
         path = f"models/{quote(owner, safe='')}/{quote(model, safe='')}/predictions"
-        body = {"input": self._input(job)}
+        body: dict[str, Any] = {"input": self._input(job)}
+        callback = self.webhooks.issue(self.name) if self.webhooks is not None else None
+        if callback is not None:
+            assert self.webhooks is not None
+            body.update(webhook=self.webhooks.url(self.name, callback), webhook_events_filter=WEBHOOK_EVENTS)
         held = self.wait_seconds > 0
         try:
             status_code, data = await self._http.post_json(
@@ -214,7 +221,21 @@ class ReplicateProvider(HTTPProvider):
         status = self._status(data, asked, held=held)
         if status.state.terminal:
             self._asked.pop(job_id, None)
-        return Handle(provider=self.name, job_id=job_id), status
+        return Handle(provider=self.name, job_id=job_id, callback=callback), status
+
+    async def verify_webhook(self, callback: Callback, body: bytes, headers: Mapping[str, str]) -> Delivery | None:
+        """Standard Webhooks with the account's signing secret (fetched once, with the key)."""
+        if self._signing_secret is None:
+            data = await self._http.get_json("webhooks/default/secret")
+            key = data.get("key") if isinstance(data, Mapping) else None
+            if not isinstance(key, str) or not key:
+                raise ProviderError("bad_response", f"{self.label} sent no webhook signing secret.")
+            self._signing_secret = key
+        verified = verify_standard(self._signing_secret, body, headers)
+        if verified is None:
+            return None
+        final = _STATES.get(str(verified.get("status")), State.RUNNING).terminal
+        return Delivery(id=headers.get("webhook-id", ""), final=final)
 
     def _poll_target(self, handle: Handle) -> str:
         """The prediction under the configured base (never `urls.get`, which may point at another host)."""

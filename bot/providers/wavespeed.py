@@ -19,9 +19,10 @@ import httpx
 from bot.errors import ProviderError
 from bot.lifecycle.states import State
 from bot.params import WAVESPEED_FILL, Value
-from bot.providers.base import Handle, Output, ProviderJob, Status
+from bot.providers.base import Callback, Handle, Output, ProviderJob, Status
 from bot.providers.http import clean_text, error_for_response, maybe_submitted
 from bot.providers.remote import DETAIL_CAP, HTTPProvider, as_int
+from bot.web.hooks import Delivery, verify_wavespeed
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ class WaveSpeedProvider(HTTPProvider):
     name = "wavespeed"
     label = LABEL
     supports_cancel = False  # no cancel endpoint is documented
+    _signing_secret: str | None = None  # the account's webhook secret, fetched on the first delivery
     # The default trust (the base origin only) keeps `data.urls` and output hosts from ever seeing the key.
 
     def _body(self, job: ProviderJob) -> dict[str, Value | list[dict[str, Value]]]:
@@ -110,16 +112,36 @@ class WaveSpeedProvider(HTTPProvider):
 
     async def submit(self, job: ProviderJob) -> tuple[Handle, Status]:
         body = self._body(job)
-        _, envelope = await self._http.post_json(WAVESPEED_FILL.model, body)
+        path = WAVESPEED_FILL.model
+        callback = self.webhooks.issue(self.name) if self.webhooks is not None else None
+        if callback is not None:
+            assert self.webhooks is not None
+            path += "?webhook=" + quote(self.webhooks.url(self.name, callback), safe="")
+        _, envelope = await self._http.post_json(path, body)
         data = self._unwrap(envelope, None)
         job_id = data.get("id")
         if not isinstance(job_id, str) or not job_id:
             raise self._untrackable(envelope)
         log.info("%s job %s submitted", LABEL, job_id)
-        handle = Handle(provider=self.name, job_id=job_id)
+        handle = Handle(provider=self.name, job_id=job_id, callback=callback)
         if not isinstance(data.get("status"), str):  # the SDK's fixtures answer a bare `{"data": {"id": ...}}`
             return handle, Status(State.STARTING, raw_status="submitted")
         return handle, self._status(handle, data)
+
+    async def verify_webhook(self, callback: Callback, body: bytes, headers: Mapping[str, str]) -> Delivery | None:
+        """WaveSpeed's HMAC-hex scheme with the account's webhook secret (fetched once, with the key)."""
+        if self._signing_secret is None:
+            envelope = await self._http.get_json("webhook/secret")
+            data = envelope.get("data", envelope) if isinstance(envelope, Mapping) else None
+            secret = data.get("secret") or data.get("key") if isinstance(data, Mapping) else None
+            if not isinstance(secret, str) or not secret:
+                raise ProviderError("bad_response", f"{LABEL} sent no webhook signing secret.")
+            self._signing_secret = secret
+        verified = verify_wavespeed(self._signing_secret, body, headers)
+        if verified is None:
+            return None
+        final = verified.get("status") in ("completed", "failed", "cancelled", "timeout")
+        return Delivery(id=headers.get("webhook-id", ""), final=final)
 
     def _poll_target(self, handle: Handle) -> str:
         """Built from the configured base, never taken from `data.urls`, so the key only goes to that host."""

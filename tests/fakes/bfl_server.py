@@ -21,7 +21,11 @@ Answers follow BFL's published shapes (docs/provider-fakes.md says where each co
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import hashlib
+import hmac
+import json
 import time
 import uuid
 from dataclasses import dataclass
@@ -35,7 +39,9 @@ from tests.fakes.common import (
     Faults,
     RecordedRequest,
     Site,
+    WebhookMode,
     apply_fault,
+    deliver_webhook,
     image_size,
     inverted_png,
     is_raw_base64,
@@ -138,6 +144,11 @@ class FakeBFL:
         self.sample_status: int | None = None  # e.g. 404: the delivery host answers this instead of the file
         self.sample_padding = 0  # extra bytes appended to the PNG (oversized output)
         self.max_active: int | None = None  # 429 once this many jobs are unfinished (real: 24)
+        # Jobs created with `webhook_url` get one signed POST when they end: "lost" never sends it, "forged"
+        # signs it with the wrong secret. `webhook_answers` holds the bot's HTTP statuses.
+        self.webhook: WebhookMode = "send"
+        self.webhook_answers: list[int] = []
+        self._webhook_tasks: set[asyncio.Task[None]] = set()
         self.faults = Faults()
         self.requests: list[RecordedRequest] = []
         self.jobs: dict[str, BFLJob] = {}
@@ -216,6 +227,10 @@ class FakeBFL:
             output=inverted_png(base64.b64decode(source)),
         )
         self.jobs[job.id] = job
+        if isinstance(body.get("webhook_url"), str) and self.webhook != "lost":
+            task = asyncio.create_task(self._call_back(job))
+            self._webhook_tasks.add(task)
+            task.add_done_callback(self._webhook_tasks.discard)
         poll_origin = self.foreign.origin if self.foreign_polling else self.poll.origin
         answer: dict[str, Any] = {"id": job.id, "input_mp": 0.5, "output_mp": 0.5}
         if not self.omit_polling_url:
@@ -223,6 +238,16 @@ class FakeBFL:
         if self.cost is not None:
             answer["cost"] = self.cost
         return web.json_response(answer)
+
+    async def _call_back(self, job: BFLJob) -> None:
+        """BFL's webhook (its own examples): the result JSON, `X-BFL-Signature: sha256=<hex HMAC(body)>`."""
+        await asyncio.sleep(job.duration)  # the fake's clock: the job ends `duration` after creation
+        payload = json.dumps({"id": job.id, "status": "Ready", "result": {"sample": "ignored"}}).encode()
+        secret = str(job.body.get("webhook_secret") or "")
+        if self.webhook == "forged":
+            secret = "not-" + secret
+        signature = "sha256=" + hmac.new(secret.encode(), payload, hashlib.sha256).hexdigest()
+        await deliver_webhook(job.body["webhook_url"], payload, {"X-BFL-Signature": signature}, self.webhook_answers)
 
     def _validate(self, model: str, body: dict[str, Any]) -> list[dict[str, Any]]:
         errors: list[dict[str, Any]] = []

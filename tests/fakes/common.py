@@ -229,3 +229,16 @@ def inverted_png(data: bytes, size: tuple[int, int] | None = None) -> bytes:
     if size is not None and out.size != size:
         out = out.resize(size)
     return encode_png(out)
+
+
+WebhookMode = Literal["send", "lost", "forged"]
+
+
+async def deliver_webhook(url: str, body: bytes, headers: Mapping[str, str], log: list[int]) -> None:
+    """POST one signed delivery to the bot as a provider does (the answer's status is appended to `log`)."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session, session.post(
+        url, data=body, headers={"Content-Type": "application/json", **headers}
+    ) as response:
+        log.append(response.status)

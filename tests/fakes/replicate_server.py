@@ -44,6 +44,9 @@ from typing import Any, Literal
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 from PIL import Image, ImageOps
+from standardwebhooks.webhooks import Webhook
+
+from tests.fakes.common import WebhookMode, deliver_webhook
 
 Outcome = Literal[
     "succeeded",
@@ -289,6 +292,12 @@ class FakeReplicate:
         self.files: dict[str, bytes] = {}
         self._runners: list[web.AppRunner] = []
         self._urls: dict[str, str] = {}
+        # Predictions created with `webhook` get signed deliveries (Standard Webhooks) at `start` and `completed`:
+        # "lost" sends none, "forged" signs with another secret. `webhook_answers`: the bot's HTTP statuses.
+        self.webhook: WebhookMode = "send"
+        self.webhook_secret = "whsec_" + base64.b64encode(b"fake-replicate-signing-key-32byt").decode()
+        self.webhook_answers: list[int] = []
+        self._webhook_tasks: set[asyncio.Task[None]] = set()
 
     # ---- lifecycle -------------------------------------------------------------------------------------
 
@@ -307,6 +316,7 @@ class FakeReplicate:
         api.router.add_post(self.prefix + "/predictions", self._create_version)
         api.router.add_get(self.prefix + "/predictions/{id}", self._get)
         api.router.add_post(self.prefix + "/predictions/{id}/cancel", self._cancel)
+        api.router.add_get(self.prefix + "/webhooks/default/secret", self._secret)
         if not self.separate_cdn:
             api.router.add_get("/files/{name}", self._file)
         self._urls["api"] = await self._serve(api)
@@ -496,6 +506,10 @@ class FakeReplicate:
 
         prediction = self._make_prediction(model, inputs)
         self.predictions[prediction.id] = prediction
+        if isinstance(body.get("webhook"), str) and self.webhook != "lost":
+            task = asyncio.create_task(self._call_back(prediction, body["webhook"]))
+            self._webhook_tasks.add(task)
+            task.add_done_callback(self._webhook_tasks.discard)
         if fault is not None and fault.kind == "slow":
             await asyncio.sleep(fault.delay)
         elif fault is not None:
@@ -792,6 +806,27 @@ class FakeReplicate:
         if data is None or self.faults.missing_files:
             return web.Response(status=404, text="Not Found")
         return web.Response(body=data, content_type="image/png")
+
+    async def _secret(self, request: web.Request) -> web.StreamResponse:
+        if not self._authorized(request):
+            return _problem(401, "Unauthenticated", "You did not pass a valid authentication token")
+        return web.json_response({"key": self.webhook_secret})
+
+    async def _call_back(self, p: Prediction, url: str) -> None:
+        """The `start` event at once and `completed` when the fake's clock says the prediction ended."""
+        secret = self.webhook_secret
+        if self.webhook == "forged":
+            secret = "whsec_" + base64.b64encode(b"someone-else-signing-key-32bytes").decode()
+        signer = Webhook(secret)
+        await asyncio.sleep(0)
+        for delay in (0.0, max(0.0, p.duration - p.elapsed())):
+            await asyncio.sleep(delay)
+            body = json.dumps(self._view(p))
+            msg_id = "msg_" + secrets.token_hex(8)
+            now = datetime.now(tz=UTC)
+            headers = {"webhook-id": msg_id, "webhook-timestamp": str(int(now.timestamp())),
+                       "webhook-signature": signer.sign(msg_id, now, body)}
+            await deliver_webhook(url, body.encode(), headers, self.webhook_answers)
 
     async def _foreign(self, request: web.Request) -> web.StreamResponse:
         return _problem(401, "Unauthenticated", "You did not pass a valid authentication token")
