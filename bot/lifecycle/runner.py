@@ -80,6 +80,29 @@ def _duration(seconds: float) -> str:
     return f"{round(seconds / 60, 1):g} minutes"
 
 
+_ETA_MARGIN = 0.1  # poll this long after the predicted end: early polls only cost requests
+_MIN_POLL = 0.25
+
+
+@dataclass
+class _Eta:
+    """When a job reporting its progress should be done, from its last two readings (the first against the
+    time the provider got the job): polling then, not on a fixed beat, shows the result sooner with no more
+    requests."""
+
+    started: float
+    last: tuple[float, float] | None = None  # (time, progress)
+
+    def remaining(self, now: float, progress: float | None) -> float | None:
+        if progress is None:
+            return None
+        before_at, before = self.last or (self.started, 0.0)
+        if progress <= before or now <= before_at:
+            return None  # no movement to measure (or the same reading again)
+        self.last = (now, progress)
+        return (1.0 - progress) * (now - before_at) / (progress - before)
+
+
 class _Stop(Exception):
     """Ends a job early with an outcome (already recorded)."""
 
@@ -272,9 +295,12 @@ class Runner:
         deadline = self.clock() + self.deadline
         polls = failures = 0
         asked_wait = 0.0  # a rate-limited poll's own hint: the next poll waits at least that long
+        eta = _Eta(self.clock())
         while status is None or not status.state.terminal:
+            expected: float | None = None
             if status is not None:
                 await self._observe(live, status)
+                expected = eta.remaining(self.clock(), status.progress)
             if live.cancel.is_set():
                 raise _Stop(await self._cancel_at_provider(live, provider, handle))
             remaining = deadline - self.clock()
@@ -287,6 +313,8 @@ class Runner:
                 ))
             cap = _RUNNING_POLL_CAP if live.state is State.RUNNING else _WAITING_POLL_CAP
             backoff = provider.fallback_poll(handle) or min(self.poll_interval * _BACKOFF ** min(polls, 32), cap)
+            if expected is not None:
+                backoff = min(backoff, max(expected + _ETA_MARGIN, _MIN_POLL))
             delay = min(max(backoff, asked_wait), remaining)
             asked_wait = 0.0
             if await self._wait(live, provider, handle, delay):
