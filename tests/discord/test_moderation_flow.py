@@ -242,6 +242,11 @@ async def test_safety_levels_reach_bfl_per_channel(make_bot: Callable[..., FillB
         await channel_safety(h, GENERAL_CHANNEL_ID, None)
         await channel_safety(h, NSFW_CHANNEL_ID, None)
         await both(1, 5)
+        await configure(h, safety=4, nsfw_safety=6)  # the loosest levels only where the channel is age-restricted
+        await channel_safety(h, GENERAL_CHANNEL_ID, 6)
+        await both(4, 6)
+        await channel_safety(h, GENERAL_CHANNEL_ID, None)
+        await configure(h, safety=1, nsfw_safety=5)
         # A stricter NSFW level than the normal one is refused, naming both keys; nothing changes.
         text = await settings_command(h, "set", {"setting": "nsfw_safety", "value": "0"})
         assert "nsfw_safety" in text and "safety" in text and not text.startswith("Updated")
@@ -269,9 +274,10 @@ async def test_replicate_safety_checker_is_off_only_in_nsfw_channel_at_level_6(
         await both(False, False)  # nsfw_safety 4
         await configure(h, nsfw_safety=6)
         await both(False, True)
-        await configure(h, safety=6)  # level 6 in a normal channel still keeps the checker
+        text = await settings_command(h, "set", {"setting": "safety", "value": "6"})  # NSFW channels only
+        assert "`safety` = 6" in text and "from 0 to 4" in text and not text.startswith("Updated"), text
         await both(False, True)
-        await configure(h, safety=2, nsfw_safety=5)
+        await configure(h, nsfw_safety=5)
         await both(False, False)
         await channel_safety(h, NSFW_CHANNEL_ID, 6)
         await channel_safety(h, GENERAL_CHANNEL_ID, 6)
