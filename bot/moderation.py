@@ -58,7 +58,7 @@ import regex
 from confusable_homoglyphs import confusables
 
 from bot.guild_settings import GuildSettings
-from bot.storage import JOB_STATUSES, QUOTA_WINDOW_SECONDS, Storage
+from bot.storage import JOB_STATUSES, QUOTA_WINDOW_SECONDS, JobRecord, Storage
 
 log = logging.getLogger(__name__)
 
@@ -431,6 +431,22 @@ def blocked_notice(user_id: int, channel_id: int, term: str, field: str = "promp
     """
     return (f"Refused a request from <@{user_id}> in <#{channel_id}>: its {field} contains the filtered term "
             f"“{term}”.")
+
+
+def share_refusal(record: JobRecord, *, spoilered: bool, gallery_is_nsfw: bool) -> str | None:
+    """Why a result may not be posted to the gallery, or None. A result made in an age-restricted channel (made
+    under its looser safety level) or holding a flagged or spoilered image goes only to an age-restricted
+    gallery: sharing must not move it in front of members who never opted in."""
+    if gallery_is_nsfw:
+        return None
+    if record.channel_nsfw:
+        why = "was made in an age-restricted channel"
+    elif spoilered or any(output.flagged for output in record.outputs):
+        why = "holds an image flagged as sensitive"
+    else:
+        return None
+    return (f"This result {why}, so it can only be shared to an age-restricted gallery, and this server's gallery "
+            "channel is not one. Nothing was shared.")
 
 
 @dataclass(frozen=True)

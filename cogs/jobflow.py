@@ -30,7 +30,7 @@ from bot.guild_settings import AuditEntry, GuildSettings, channel_allowed, effec
 from bot.lifecycle.sink import Progress
 from bot.lifecycle.states import State
 from bot.lifecycle.store import StoreUnavailable
-from bot.moderation import LimitGate, blocked_notice, guild_filter
+from bot.moderation import LimitGate, blocked_notice, guild_filter, share_refusal
 from bot.params import (
     SPECS,
     EditRequest,
@@ -346,6 +346,7 @@ class JobFlow(commands.Cog):
             )
 
     async def share(self, interaction: discord.Interaction, record: JobRecord) -> None:
+        """Post the result to the server's gallery, if that gallery is fit for it (`share_refusal`)."""
         if interaction.guild_id is None:
             raise UserError("Sharing works in servers only.")
         settings = await self.bot.storage.guild_settings(interaction.guild_id)
@@ -359,6 +360,10 @@ class JobFlow(commands.Cog):
         message = interaction.message
         if message is None or not message.attachments:
             raise UserError("There is no image on this message to share.")
+        refusal = share_refusal(record, spoilered=any(a.is_spoiler() for a in message.attachments),
+                                gallery_is_nsfw=gallery.is_nsfw())
+        if refusal is not None:
+            raise UserError(refusal)
         await interaction.response.defer(ephemeral=True, thinking=True)
         files = [await a.to_file(spoiler=a.is_spoiler()) for a in message.attachments]
         request = request_from_json(record.request)

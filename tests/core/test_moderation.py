@@ -22,8 +22,9 @@ from bot.moderation import (
     compile_filter,
     guild_filter,
     normalise,
+    share_refusal,
 )
-from bot.storage import JobRecord, Storage
+from bot.storage import JobRecord, OutputMeta, Storage
 
 DAY = 86_400.0
 T0 = 1_700_000_000.0
@@ -362,3 +363,29 @@ async def test_concurrent_burst_through_the_gate_admits_exactly_the_quotas(store
     assert max(admitted.values()) == 3  # per person
     assert sum(admitted.values()) == 10  # per server
     assert await store.count_jobs(guild_id=GUILD, since=0) == 10
+
+
+# -- sharing ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("channel_nsfw", "flagged", "spoilered", "reason"),
+    [
+        (False, False, False, None),
+        (True, False, False, "made in an age-restricted channel"),
+        (False, True, False, "flagged as sensitive"),
+        (False, False, True, "flagged as sensitive"),
+        (True, True, True, "made in an age-restricted channel"),
+    ],
+)
+def test_age_restricted_and_flagged_results_go_only_to_an_age_restricted_gallery(
+    channel_nsfw: bool, flagged: bool, spoilered: bool, reason: str | None
+) -> None:
+    record = JobRecord(id="j1", kind="fill", user_id=1, guild_id=GUILD, channel_id=2, provider="local",
+                       model="m", request="{}", prompt="p", application_id=3, channel_nsfw=channel_nsfw,
+                       outputs=(OutputMeta("a.png", 8, 8), OutputMeta("b.png", 8, 8, flagged=flagged)))
+    refusal = share_refusal(record, spoilered=spoilered, gallery_is_nsfw=False)
+    assert (refusal is None) == (reason is None)
+    if reason is not None:
+        assert refusal is not None and reason in refusal and "Nothing was shared" in refusal
+    assert share_refusal(record, spoilered=spoilered, gallery_is_nsfw=True) is None

@@ -39,6 +39,7 @@ from tests.fakes.wavespeed_server import FakeWaveSpeed
 ART_ID = 1_200_000_000_000_000_001
 GALLERY_ID = 1_200_000_000_000_000_002
 LOG_ID = 1_200_000_000_000_000_003
+NSFW_GALLERY_ID = 1_200_000_000_000_000_004
 OTHER = FakeUser(1004, "other", MEMBER_PERMISSIONS.value)  # a second member without Manage Server
 
 IMAGE = photo()
@@ -82,6 +83,7 @@ def serve(bot: FillBot) -> AbstractAsyncContextManager[DiscordHarness]:
         FakeChannel(ART_ID, "art", guild_id=GUILD_ID, position=2),
         FakeChannel(GALLERY_ID, "gallery", guild_id=GUILD_ID, position=3),
         FakeChannel(LOG_ID, "mod-log", guild_id=GUILD_ID, position=4),
+        FakeChannel(NSFW_GALLERY_ID, "nsfw-gallery", guild_id=GUILD_ID, nsfw=True, position=5),
     ]
     return running(bot, channels=channels, users=(MEMBER, MODERATOR, OWNER, OTHER))
 
@@ -466,6 +468,34 @@ async def test_share_posts_to_the_gallery_channel(make_bot: Callable[..., FillBo
         assert [a.data for a in posted[0].attachments] == [a.data for a in message.attachments]
         assert f"<@{MEMBER.id}>" in posted[0].text
         assert "Shared to the gallery" in await h.wait_for(lambda: h.ephemeral_text(sent))
+        assert not h.errors
+
+
+async def test_share_keeps_age_restricted_and_flagged_results_out_of_a_normal_gallery(
+    make_bot: Callable[..., FillBot], fake_wavespeed: FakeWaveSpeed
+) -> None:
+    fake_wavespeed.nsfw = [True]
+    async with serve(make_bot(**env(wavespeed=fake_wavespeed))) as h:
+        await configure(h, flagged_outputs="spoiler", gallery_channel_id=f"<#{GALLERY_ID}>")
+        nsfw = await run_fill(h, channel_id=NSFW_CHANNEL_ID, provider="local")
+        flagged = await run_fill(h, channel_id=NSFW_CHANNEL_ID, provider="wavespeed")
+        assert result_files(flagged)[0].startswith("SPOILER_")
+        for message, why in ((nsfw, "made in an age-restricted channel"), (flagged, "age-restricted channel")):
+            text = await refused(h, h.component(f"fill:share:{job_id(message)}", message.id, user=MEMBER))
+            assert why in text and "Nothing was shared" in text, text
+        assert h.fake.messages_in(GALLERY_ID) == []
+
+        # An ordinary result still goes to the ordinary gallery, and both others to an age-restricted one.
+        general = await run_fill(h, provider="local")
+        await h.dispatch(h.component(f"fill:share:{job_id(general)}", general.id, user=MEMBER))
+        await h.wait_for(lambda: h.fake.messages_in(GALLERY_ID), message="the ordinary gallery post")
+        await configure(h, gallery_channel_id=f"<#{NSFW_GALLERY_ID}>")
+        for message in (nsfw, flagged):
+            await h.dispatch(h.component(f"fill:share:{job_id(message)}", message.id, user=MEMBER))
+        posted = await h.wait_for(lambda: len(h.fake.messages_in(NSFW_GALLERY_ID)) == 2 and
+                                  h.fake.messages_in(NSFW_GALLERY_ID), message="both age-restricted gallery posts")
+        assert posted[1].attachments[0].filename.startswith("SPOILER_")  # the spoiler stays on
+        assert len(h.fake.messages_in(GALLERY_ID)) == 1
         assert not h.errors
 
 
