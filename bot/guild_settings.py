@@ -77,6 +77,9 @@ SETTING_DESCRIPTIONS: dict[str, str] = {
 
 SETTING_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(GuildSettings))
 DEFAULTS = GuildSettings()
+# A DM has no moderators: it runs under the declared defaults (safety, outputs, concurrency; no cooldown or
+# server quota), inside the operator's rules (`bot.config.OperatorRules`: DM providers, quota, caps, terms).
+DM_SETTINGS = DEFAULTS
 
 
 def _bad(key: str, value: object, allowed: str) -> SettingsError:
