@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from dotenv import dotenv_values
 
 from bot.errors import ConfigError
+from bot.guild_settings import SettingsError, check_term, term_key
 from bot.providers.registry import PROVIDER_NAMES, PROVIDERS
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,23 @@ class WebSettings:
 
 
 @dataclass(frozen=True)
+class OperatorRules:
+    """The operator's rules over every server and DM, which no server's moderators can loosen.
+
+    Defaults are the values used while the variables are unset: DMs served with the key-free provider only (a
+    DM has no moderators and no server quota to stop paid jobs), no bot-wide quota, queue caps so that one member
+    or one server cannot fill every provider's queue, no bot-wide blocked terms.
+    """
+
+    dm_enabled: bool = True
+    dm_providers: tuple[str, ...] = ("local",)
+    member_daily_quota: int = 0  # jobs per member in any 24 hours, all servers and DMs together; 0 = unlimited
+    max_queued_per_member: int = 10  # jobs waiting to start (preparing or queued); 0 = unlimited
+    max_queued_per_server: int = 100
+    blocked_terms: tuple[tuple[str, str], ...] = ()  # (term, action), applied before each server's own terms
+
+
+@dataclass(frozen=True)
 class Settings:
     discord_token: Secret | None
     providers: Mapping[str, ProviderSettings]
@@ -80,6 +98,7 @@ class Settings:
     dev_guild_id: int | None = None
     job_lease: float = 30.0  # seconds a dead process's jobs wait before another process takes them over
     web: WebSettings | None = None
+    rules: OperatorRules = OperatorRules()
 
     @property
     def available_providers(self) -> tuple[str, ...]:
@@ -154,6 +173,52 @@ class _Reader:
         if parts.query or parts.fragment:
             raise ConfigError(f"{name}={raw!r} must not have a query or fragment (example: {default}).")
         return raw.rstrip("/")
+
+    def flag(self, name: str, default: bool) -> bool:
+        raw = self.text(name)
+        if raw is None:
+            return default
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name}={raw!r} is not a yes/no value (allowed: true, false, 1, 0, yes, no, on, off).")
+
+    def providers(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        raw = self.text(name)
+        if raw is None:
+            return default
+        if raw.lower() == "none":
+            return ()
+        names = [n.lower() for n in raw.replace(",", " ").split()]
+        unknown = [n for n in names if n not in PROVIDER_NAMES]
+        if unknown:
+            raise ConfigError(f"{name}={raw!r} names unknown providers: {', '.join(unknown)} "
+                              f"(allowed: {', '.join(PROVIDER_NAMES)}, or none).")
+        return tuple(n for n in PROVIDER_NAMES if n in names)
+
+    def terms_file(self, name: str) -> tuple[tuple[str, str], ...]:
+        """(term, action) from a file with one term per line: `strip:` before a term strips it instead of
+        refusing the prompt; blank lines and lines starting with `#` are skipped."""
+        raw = self.text(name)
+        if raw is None:
+            return ()
+        try:
+            lines = Path(raw).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{name}={raw!r} cannot be read as a UTF-8 text file: {exc}.") from None
+        terms: dict[str, tuple[str, str]] = {}
+        for number, line in enumerate(lines, 1):
+            text = line.strip()
+            if not text or text.startswith("#"):
+                continue
+            action = "strip" if text.lower().startswith("strip:") else "block"
+            try:
+                term, action = check_term(text[len("strip:"):] if action == "strip" else text, action)
+            except SettingsError as exc:
+                raise ConfigError(f"{name}={raw!r}, line {number}: {exc.message}") from None
+            terms.setdefault(term_key(term), (term, action))
+        return tuple(terms.values())
 
 
 def _is_loopback(host: str) -> bool:
@@ -246,4 +311,20 @@ def load_settings(env: Mapping[str, str] | None = None, *, env_file: str | os.Pa
         dev_guild_id=int(guild) if guild else None,
         job_lease=read.number("JOB_LEASE_SECONDS", 30.0, minimum=0.2, maximum=600.0),
         web=_web_settings(read),
+        rules=_operator_rules(read),
+    )
+
+
+def _operator_rules(read: _Reader) -> OperatorRules:
+    default = OperatorRules()
+    return OperatorRules(
+        dm_enabled=read.flag("DM_ENABLED", default.dm_enabled),
+        dm_providers=read.providers("DM_PROVIDERS", default.dm_providers),
+        member_daily_quota=read.integer("MEMBER_DAILY_QUOTA", default.member_daily_quota, minimum=0,
+                                        maximum=1_000_000),
+        max_queued_per_member=read.integer("MAX_QUEUED_PER_MEMBER", default.max_queued_per_member, minimum=0,
+                                           maximum=100_000),
+        max_queued_per_server=read.integer("MAX_QUEUED_PER_SERVER", default.max_queued_per_server, minimum=0,
+                                           maximum=1_000_000),
+        blocked_terms=read.terms_file("BLOCKED_TERMS_FILE"),
     )

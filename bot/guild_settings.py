@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from bot.errors import UserError
 from bot.params import SPECS, Value
-from bot.providers.registry import PROVIDER_NAMES, PROVIDERS, SAFETY_MAX, SAFETY_MIN
+from bot.providers.registry import ORDINARY_SAFETY_MAX, PROVIDER_NAMES, PROVIDERS, SAFETY_MAX, SAFETY_MIN
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +56,10 @@ class GuildSettings:
 
 
 SETTING_DESCRIPTIONS: dict[str, str] = {
-    "safety": "Content safety level in normal channels: 0 strictest … 6 most permissive. Users cannot go above it.",
-    "nsfw_safety": "Safety level in age-restricted (NSFW) channels; at least `safety`. "
-    "Only at 6 is Replicate's NSFW checker turned off.",
+    "safety": f"Content safety level in normal channels: 0 strictest … {ORDINARY_SAFETY_MAX}. Users cannot go above "
+    f"it; levels above {ORDINARY_SAFETY_MAX} are for age-restricted channels only.",
+    "nsfw_safety": f"Safety level in age-restricted (NSFW) channels, 0 … {SAFETY_MAX}; at least `safety`. "
+    f"Only at {SAFETY_MAX} is Replicate's NSFW checker turned off.",
     "flagged_outputs": "What to do with images a provider flags as NSFW: `withhold` (drop them with a notice) or "
     "`spoiler` (post them spoilered, in age-restricted channels only).",
     "allowed_providers": "Providers members may use; empty means every configured provider.",
@@ -76,6 +77,9 @@ SETTING_DESCRIPTIONS: dict[str, str] = {
 
 SETTING_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(GuildSettings))
 DEFAULTS = GuildSettings()
+# A DM has no moderators: it runs under the declared defaults (safety, outputs, concurrency; no cooldown or
+# server quota), inside the operator's rules (`bot.config.OperatorRules`: DM providers, quota, caps, terms).
+DM_SETTINGS = DEFAULTS
 
 
 def _bad(key: str, value: object, allowed: str) -> SettingsError:
@@ -137,7 +141,7 @@ def _channels(key: str, value: object) -> tuple[int, ...]:
 
 
 _CHECKS: dict[str, Callable[[str, object], object]] = {
-    "safety": _whole(SAFETY_MIN, SAFETY_MAX),
+    "safety": _whole(SAFETY_MIN, ORDINARY_SAFETY_MAX),
     "nsfw_safety": _whole(SAFETY_MIN, SAFETY_MAX),
     "flagged_outputs": _choice(FLAGGED_OUTPUT_ACTIONS),
     "allowed_providers": _providers,
@@ -277,12 +281,9 @@ class ChannelOverride:
 
 
 def check_override_safety(value: object) -> int | None:
-    """A channel override level, 0–6, or None to clear it."""
-    if value is None:
-        return None
-    result = _CHECKS["safety"]("safety", value)
-    assert isinstance(result, int)
-    return result
+    """A channel override level, 0–6 (above `ORDINARY_SAFETY_MAX` it only loosens an age-restricted channel), or
+    None to clear it."""
+    return None if value is None else _whole(SAFETY_MIN, SAFETY_MAX)("safety", value)
 
 
 @dataclass(frozen=True)
@@ -320,18 +321,21 @@ class SafetyDecision:
 def effective_safety(
     settings: GuildSettings, override: ChannelOverride | None, *, channel_is_nsfw: bool
 ) -> SafetyDecision:
-    """Map the server's level to each provider's own controls.
+    """Map the server's level to each provider's own controls: the one safety policy for every provider.
 
     Outside age-restricted channels nothing is ever looser than `safety`: a channel override can only tighten
-    there (so a channel that loses its NSFW flag cannot keep a loose override). In NSFW channels the level is
-    the override if set, else `nsfw_safety`. Each provider's registry entry turns the level into its controls.
+    there (so a channel that loses its NSFW flag cannot keep a loose override), and no level there goes above
+    `ORDINARY_SAFETY_MAX`, whatever a stored row says. In NSFW channels the level is the override if set, else
+    `nsfw_safety`. Each provider's registry entry then turns the level into its own controls.
     """
     level = settings.nsfw_safety if channel_is_nsfw else settings.safety
     source = "nsfw channel" if channel_is_nsfw else "server"
     if override is not None and override.safety is not None:
         level = override.safety if channel_is_nsfw else min(override.safety, settings.safety)
         source = "channel override"
-    internal = {name: entry.safety(level, channel_is_nsfw) for name, entry in PROVIDERS.items()}
+    if not channel_is_nsfw:
+        level = min(level, ORDINARY_SAFETY_MAX)
+    internal = {name: entry.safety(level) for name, entry in PROVIDERS.items()}
     flagged = "spoiler" if channel_is_nsfw and settings.flagged_outputs == "spoiler" else "withhold"
     return SafetyDecision(level, channel_is_nsfw, source, flagged, internal)
 

@@ -1,7 +1,8 @@
 """Prompt filtering and usage limits: pure decisions the cogs apply before a job is recorded and submitted.
 
-`TermFilter` finds a server's blocked terms in a prompt (or any free-text field); `check_limits` decides
-cooldowns, concurrency and daily quotas; `LimitGate` makes that decision hold under a burst of commands.
+`TermFilter` finds a server's (or the operator's) blocked terms in a prompt (or any free-text field);
+`check_limits` decides cooldowns, concurrency, daily quotas and the operator's queue caps; `LimitGate` makes that
+decision hold under a burst of commands.
 
 How a term matches (moderators are told the short form in `/fill-settings block-term`):
 
@@ -57,11 +58,13 @@ import ahocorasick
 import regex
 from confusable_homoglyphs import confusables
 
+from bot.config import OperatorRules
 from bot.guild_settings import GuildSettings
-from bot.storage import JOB_STATUSES, QUOTA_WINDOW_SECONDS, Storage
+from bot.storage import JOB_STATUSES, QUOTA_WINDOW_SECONDS, JobRecord, Storage
 
 log = logging.getLogger(__name__)
 
+DEFAULT_RULES = OperatorRules()  # the operator's rules while `.env` sets none
 MIN_COMPOUND_LETTERS = 4  # a term's last word this long also matches words that start with it
 
 # In normalised text: a character read both as nothing and as a space (see the module docstring).
@@ -418,6 +421,11 @@ def compile_filter(terms: tuple[tuple[str, str], ...]) -> TermFilter:
     return TermFilter(terms)
 
 
+def operator_filter(rules: OperatorRules) -> TermFilter:
+    """The operator's `BLOCKED_TERMS_FILE` terms, applied in every server and DM before the server's own."""
+    return compile_filter(rules.blocked_terms)
+
+
 async def guild_filter(storage: Storage, guild_id: int) -> TermFilter:
     terms = await storage.blocked_terms(guild_id)
     return compile_filter(tuple((t.term, t.action) for t in terms))
@@ -431,6 +439,22 @@ def blocked_notice(user_id: int, channel_id: int, term: str, field: str = "promp
     """
     return (f"Refused a request from <@{user_id}> in <#{channel_id}>: its {field} contains the filtered term "
             f"“{term}”.")
+
+
+def share_refusal(record: JobRecord, *, spoilered: bool, gallery_is_nsfw: bool) -> str | None:
+    """Why a result may not be posted to the gallery, or None. A result made in an age-restricted channel (made
+    under its looser safety level) or holding a flagged or spoilered image goes only to an age-restricted
+    gallery: sharing must not move it in front of members who never opted in."""
+    if gallery_is_nsfw:
+        return None
+    if record.channel_nsfw:
+        why = "was made in an age-restricted channel"
+    elif spoilered or any(output.flagged for output in record.outputs):
+        why = "holds an image flagged as sensitive"
+    else:
+        return None
+    return (f"This result {why}, so it can only be shared to an age-restricted gallery, and this server's gallery "
+            "channel is not one. Nothing was shared.")
 
 
 @dataclass(frozen=True)
@@ -474,12 +498,18 @@ def check_limits(
     user_today: Sequence[float],
     guild_today: Sequence[float],
     now: float,
+    rules: OperatorRules = DEFAULT_RULES,
+    user_everywhere_today: Sequence[float] = (),
+    user_waiting: int = 0,
+    guild_waiting: int = 0,
 ) -> LimitDecision:
     """Decide whether a person may start a job now.
 
     `user_recent_job_times`: creation times of their recent jobs (for the cooldown); `user_active`: their queued
-    or running jobs; `user_today`/`guild_today`: creation times of jobs counting toward the quotas. When several
-    limits apply, the one that lasts longest is reported, since retrying before it ends is pointless.
+    or running jobs; `user_today`/`guild_today`: creation times of jobs counting toward the server's quotas;
+    `user_everywhere_today`: the same for the operator's quota over every server and DM; `user_waiting`/
+    `guild_waiting`: jobs not yet sent to a provider, for the operator's queue caps. When several limits apply, the
+    one that lasts longest is reported, since retrying before it ends is pointless.
     """
     refusals: list[LimitDecision] = []
     if user_active >= settings.max_concurrent_per_user:
@@ -488,6 +518,17 @@ def check_limits(
             f"You already have {_jobs(user_active)} running; this server allows "
             f"{settings.max_concurrent_per_user} at a time. Try again when one finishes.",
         ))
+    waiting = (
+        (user_waiting, rules.max_queued_per_member, "You already have", "for one person"),
+        (guild_waiting, rules.max_queued_per_server, "This server already has", "for one server"),
+    )
+    for count, cap, who, per in waiting:
+        if cap and count >= cap:
+            refusals.append(LimitDecision(
+                False,
+                f"{who} {_jobs(count)} waiting to start; the bot holds at most {cap} waiting {per}. "
+                "Try again when one has started.",
+            ))
     if settings.cooldown_seconds and user_recent_job_times:
         ready = max(user_recent_job_times) + settings.cooldown_seconds
         if now < ready:
@@ -503,6 +544,9 @@ def check_limits(
          f"You have used your {_jobs(settings.daily_quota_per_user)} for the last 24 hours in this server"),
         (guild_today, settings.daily_quota_per_guild,
          f"This server has used its {_jobs(settings.daily_quota_per_guild)} for the last 24 hours"),
+        (user_everywhere_today, rules.member_daily_quota,
+         f"You have used your {_jobs(rules.member_daily_quota)} for the last 24 hours (the bot's limit per "
+         "person over every server and DM)"),
     )
     for times, quota, used_up in quotas:
         quota_retry = _quota_retry(times, quota, now)
@@ -515,10 +559,12 @@ def check_limits(
 
 
 async def admit(
-    storage: Storage, settings: GuildSettings, user_id: int, guild_id: int | None, now: float
+    storage: Storage, settings: GuildSettings, user_id: int, guild_id: int | None, now: float,
+    rules: OperatorRules = DEFAULT_RULES,
 ) -> LimitDecision:
-    """Read the counts `check_limits` needs and decide. Cooldown and quotas count jobs in this server
-    (`guild_id` None, a DM: anywhere); concurrency counts the person's jobs everywhere.
+    """Read the counts `check_limits` needs and decide. Cooldown and the server's quotas count jobs in this server
+    (`guild_id` None, a DM: anywhere); concurrency, the operator's quota and the member's queue cap count the
+    person's jobs everywhere.
 
     Reserve before submit: call this and record the job (`Storage.create_job`) under the same lock —
     `LimitGate.admission` — or a burst could pass the same check twice.
@@ -535,6 +581,13 @@ async def admit(
     guild_today: list[float] = []
     if settings.daily_quota_per_guild and guild_id is not None:
         guild_today = await storage.job_times(guild_id=guild_id, since=since)
+    everywhere: list[float] = []
+    if rules.member_daily_quota:
+        everywhere = await storage.job_times(user_id=user_id, since=since)
+    user_waiting = await storage.waiting_jobs(user_id=user_id) if rules.max_queued_per_member else 0
+    guild_waiting = 0
+    if rules.max_queued_per_server and guild_id is not None:
+        guild_waiting = await storage.waiting_jobs(guild_id=guild_id)
     return check_limits(
         settings,
         user_recent_job_times=recent,
@@ -542,12 +595,16 @@ async def admit(
         user_today=user_today,
         guild_today=guild_today,
         now=now,
+        rules=rules,
+        user_everywhere_today=everywhere,
+        user_waiting=user_waiting,
+        guild_waiting=guild_waiting,
     )
 
 
 class LimitGate:
-    """Serialises admission per person (and per server when it has a daily quota), so limits hold when many
-    commands arrive at once.
+    """Serialises admission per person (and per server when it has a daily quota or the operator caps its waiting
+    jobs), so limits hold when many commands arrive at once.
 
     Usage::
 
@@ -556,8 +613,11 @@ class LimitGate:
                 await storage.create_job(...)  # still inside the lock: the next caller sees this job
     """
 
-    def __init__(self, storage: Storage, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, storage: Storage, *, rules: OperatorRules = DEFAULT_RULES, clock: Callable[[], float] = time.time
+    ) -> None:
         self._storage = storage
+        self._rules = rules
         self._clock = clock
         self._locks: weakref.WeakValueDictionary[tuple[str, int], asyncio.Lock] = weakref.WeakValueDictionary()
 
@@ -571,13 +631,13 @@ class LimitGate:
     async def admission(
         self, settings: GuildSettings, user_id: int, guild_id: int | None
     ) -> AsyncIterator[LimitDecision]:
-        # Only a server-wide quota needs the server lock (cooldown, concurrency and personal quotas count one
-        # person's jobs); taking it always serialised every admission in a busy server behind database writes.
+        # Only server-wide limits (its daily quota, the operator's cap on its waiting jobs) need the server lock:
+        # cooldown, concurrency, personal quotas and caps count one person's jobs, under the person's lock.
         # Always server lock first, then the person's: a fixed order cannot deadlock.
         locks = [self._lock(("user", user_id))]
-        if guild_id is not None and settings.daily_quota_per_guild > 0:
+        if guild_id is not None and (settings.daily_quota_per_guild > 0 or self._rules.max_queued_per_server > 0):
             locks.insert(0, self._lock(("guild", guild_id)))
         async with contextlib.AsyncExitStack() as stack:
             for lock in locks:
                 await stack.enter_async_context(lock)
-            yield await admit(self._storage, settings, user_id, guild_id, self._clock())
+            yield await admit(self._storage, settings, user_id, guild_id, self._clock(), self._rules)

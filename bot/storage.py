@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 JOB_STATUSES: tuple[str, ...] = tuple(s.value for s in State)
 ACTIVE_STATUSES: tuple[str, ...] = tuple(s.value for s in State if not s.terminal)
 FINISHED_STATUSES: tuple[str, ...] = tuple(s.value for s in State if s.terminal)
+# Jobs admitted but not yet sent to a provider: what the operator's queue caps count.
+WAITING_STATUSES: tuple[str, ...] = (State.PREPARING.value, State.QUEUED.value)
 Front = Literal["discord", "cli"]
 # Jobs that use up a daily quota: everything except failures that were the provider's or ours.
 QUOTA_STATUSES: tuple[str, ...] = tuple(s for s in JOB_STATUSES if s not in ("failed", "timed_out"))
@@ -641,6 +643,18 @@ class Storage:
             "AND (lease_until IS NULL OR lease_until >= ?)",
             (user_id, *ACTIVE_STATUSES, self._clock()),
         )
+        return int(rows[0][0])
+
+    async def waiting_jobs(self, *, user_id: int | None = None, guild_id: int | None = None) -> int:
+        """Jobs admitted but not yet sent to a provider, of one person and/or one server (None = any), for the
+        queue caps. As in `active_jobs`, a job whose process stopped renewing its lease counts only once taken over."""
+        clauses = [f"status IN ({_placeholders(WAITING_STATUSES)})", "(lease_until IS NULL OR lease_until >= ?)"]
+        params: list[object] = [*WAITING_STATUSES, self._clock()]
+        for column, value in (("user_id", user_id), ("guild_id", guild_id)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        rows = await self._rows(f"SELECT COUNT(*) FROM jobs WHERE {' AND '.join(clauses)}", params)
         return int(rows[0][0])
 
     # -- guild settings -------------------------------------------------------------------------------------

@@ -26,11 +26,18 @@ import discord
 from discord.ext import commands
 
 from bot.errors import UserError
-from bot.guild_settings import AuditEntry, GuildSettings, channel_allowed, effective_safety, usable_providers
+from bot.guild_settings import (
+    DM_SETTINGS,
+    AuditEntry,
+    GuildSettings,
+    channel_allowed,
+    effective_safety,
+    usable_providers,
+)
 from bot.lifecycle.sink import Progress
 from bot.lifecycle.states import State
 from bot.lifecycle.store import StoreUnavailable
-from bot.moderation import LimitGate, blocked_notice, guild_filter
+from bot.moderation import LimitGate, TermFilter, blocked_notice, guild_filter, operator_filter, share_refusal
 from bot.params import (
     SPECS,
     EditRequest,
@@ -113,11 +120,13 @@ class JobFlow(commands.Cog):
         outputs: Value | None,
         lora: Value | None = None,
     ) -> Admission:
-        """Apply the server's rules that need no pictures: channel, provider, outputs, blocked terms (in every
-        free-text field), safety."""
+        """Apply the operator's and the server's rules that need no pictures: DMs, channel, provider, outputs,
+        blocked terms (the operator's, then the server's, in every free-text field), safety."""
         guild_id = interaction.guild_id
         storage = self.bot.storage
-        settings = await storage.guild_settings(guild_id) if guild_id is not None else GuildSettings()
+        if guild_id is None and not self.bot.settings.rules.dm_enabled:
+            raise UserError(f"This bot does not take jobs in direct messages: use /{operation} in a server.")
+        settings = await storage.guild_settings(guild_id) if guild_id is not None else DM_SETTINGS
         channel = interaction.channel
         channel_id = interaction.channel_id or 0
         home = getattr(channel, "parent_id", None) or channel_id  # threads follow their parent's rules
@@ -128,22 +137,27 @@ class JobFlow(commands.Cog):
         chosen = await self._choose_provider(guild_id, settings, provider, operation)
         if isinstance(outputs, int) and outputs > settings.max_outputs:
             raise UserError(f"`outputs` = {outputs} is more than this server allows (at most {settings.max_outputs}).")
-        private: tuple[str, ...] = ()
+        fields = {"prompt": prompt, **({"lora": lora} if isinstance(lora, str) else {})}
+        filters: list[tuple[TermFilter, str]] = [(operator_filter(self.bot.settings.rules), "this bot")]
         if guild_id is not None:
-            fields = {"prompt": prompt, **({"lora": lora} if isinstance(lora, str) else {})}
-            verdict = (await guild_filter(storage, guild_id)).check_fields(fields)
+            filters.append((await guild_filter(storage, guild_id), "this server"))
+        private: list[str] = []
+        for term_filter, owner in filters:
+            verdict = term_filter.check_fields(fields)
             if verdict.blocked_term is not None:
                 field = verdict.blocked_field or "prompt"
-                notice = blocked_notice(interaction.user.id, channel_id, verdict.blocked_term, field)
-                self.spawn(announce(self.bot, guild_id, notice))  # in the background: the refusal goes first
+                if guild_id is not None and owner == "this server":  # the operator's list stays the operator's
+                    notice = blocked_notice(interaction.user.id, channel_id, verdict.blocked_term, field)
+                    self.spawn(announce(self.bot, guild_id, notice))  # in the background: the refusal goes first
                 what = "Your prompt" if field == "prompt" else f"The `{field}` option"
                 raise UserError(
-                    f"{what} contains “{verdict.blocked_term}”, which this server does not allow. Please rephrase it."
+                    f"{what} contains “{verdict.blocked_term}”, which {owner} does not allow. Please rephrase it."
                 )
             if verdict.stripped_terms:
-                private = (f"This server removed {', '.join(f'“{t}”' for t in verdict.stripped_terms)} "
-                           "from your prompt.",)
-                prompt = verdict.values["prompt"]
+                removed = ", ".join(f"“{t}”" for t in verdict.stripped_terms)
+                private.append(f"{owner.capitalize()} removed {removed} from your prompt.")
+            fields = dict(verdict.values)
+        prompt = fields["prompt"]
         override = await storage.channel_override(guild_id, home) if guild_id is not None else None
         safety = effective_safety(settings, override, channel_is_nsfw=nsfw)
         context = JobContext(
@@ -153,13 +167,17 @@ class JobFlow(commands.Cog):
             channel_nsfw=nsfw,
             spoiler_flagged=safety.flagged_outputs == "spoiler",
         )
-        return Admission(chosen, prompt, safety.for_provider(chosen), context, settings, private)
+        return Admission(chosen, prompt, safety.for_provider(chosen), context, settings, tuple(private))
 
     async def providers_for(self, guild_id: int | None, operation: Operation) -> list[tuple[str, str]]:
-        """(name, label) of the providers this server may use for `operation`."""
-        settings = await self.bot.storage.guild_settings(guild_id) if guild_id is not None else GuildSettings()
+        """(name, label) of the providers this server (or, `guild_id` None, a DM) may use for `operation`."""
         able = [s for s in SPECS if s.operation == operation and s.provider in self.bot.service.providers]
-        usable = usable_providers(settings, [s.provider for s in able])
+        if guild_id is None:
+            allowed = self.bot.settings.rules.dm_providers
+            usable: tuple[str, ...] = tuple(s.provider for s in able if s.provider in allowed)
+        else:
+            settings = await self.bot.storage.guild_settings(guild_id)
+            usable = usable_providers(settings, [s.provider for s in able])
         return [(s.provider, f"{s.provider}: {s.label}"[:100]) for s in able if s.provider in usable]
 
     async def _choose_provider(
@@ -167,8 +185,9 @@ class JobFlow(commands.Cog):
     ) -> str:
         usable = [name for name, _ in await self.providers_for(guild_id, operation)]
         if not usable:
-            raise UserError(f"No provider that can do /{operation} is available here. A moderator can allow one "
-                            "with `/fill-settings providers`.")
+            where = ("A moderator can allow one with `/fill-settings providers`." if guild_id is not None
+                     else f"Use /{operation} in a server instead.")
+            raise UserError(f"No provider that can do /{operation} is available here. {where}")
         if asked is not None:
             if asked not in usable:
                 raise UserError(f"The provider `{asked}` is not available for /{operation} here; "
@@ -182,7 +201,7 @@ class JobFlow(commands.Cog):
     @property
     def gate(self) -> LimitGate:
         if self._gate is None:
-            self._gate = LimitGate(self.bot.storage)
+            self._gate = LimitGate(self.bot.storage, rules=self.bot.settings.rules)
         return self._gate
 
     async def acknowledge(self, interaction: discord.Interaction) -> None:
@@ -345,6 +364,7 @@ class JobFlow(commands.Cog):
             await moderation_event(self.bot, entry)
 
     async def share(self, interaction: discord.Interaction, record: JobRecord) -> None:
+        """Post the result to the server's gallery, if that gallery is fit for it (`share_refusal`)."""
         if interaction.guild_id is None:
             raise UserError("Sharing works in servers only.")
         settings = await self.bot.storage.guild_settings(interaction.guild_id)
@@ -358,6 +378,10 @@ class JobFlow(commands.Cog):
         message = interaction.message
         if message is None or not message.attachments:
             raise UserError("There is no image on this message to share.")
+        refusal = share_refusal(record, spoilered=any(a.is_spoiler() for a in message.attachments),
+                                gallery_is_nsfw=gallery.is_nsfw())
+        if refusal is not None:
+            raise UserError(refusal)
         await interaction.response.defer(ephemeral=True, thinking=True)
         files = [await a.to_file(spoiler=a.is_spoiler()) for a in message.attachments]
         request = request_from_json(record.request)

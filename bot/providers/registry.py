@@ -30,9 +30,12 @@ if TYPE_CHECKING:
 # other providers' controls are mapped from.
 SAFETY_MIN = 0
 SAFETY_MAX = 6
+# One policy for every provider: levels above this one (BFL's most permissive tolerances, Replicate without its
+# checker) apply only in age-restricted channels; `bot.guild_settings.effective_safety` caps the level elsewhere.
+ORDINARY_SAFETY_MAX = 4
 
-# (server level, age-restricted channel) -> the bot-set `internal=` fields for the provider's models.
-SafetyMapping = Callable[[int, bool], Mapping[str, Value]]
+# The job's level (already capped for the channel) -> the bot-set `internal=` fields for the provider's models.
+SafetyMapping = Callable[[int], Mapping[str, Value]]
 
 
 @dataclass(frozen=True)
@@ -69,16 +72,16 @@ class ProviderEntry:
         return rule
 
 
-def _bfl_safety(level: int, nsfw_channel: bool) -> dict[str, Value]:
+def _bfl_safety(level: int) -> dict[str, Value]:
     return {"safety_tolerance": level}
 
 
-def _replicate_safety(level: int, nsfw_channel: bool) -> dict[str, Value]:
-    """The checker is on or off: off only at the most permissive level, and only in age-restricted channels."""
-    return {"disable_safety_checker": nsfw_channel and level == SAFETY_MAX}
+def _replicate_safety(level: int) -> dict[str, Value]:
+    """The checker is on or off: off only at the most permissive level (reached in age-restricted channels only)."""
+    return {"disable_safety_checker": level == SAFETY_MAX}
 
 
-def _no_safety_controls(level: int, nsfw_channel: bool) -> dict[str, Value]:
+def _no_safety_controls(level: int) -> dict[str, Value]:
     return {}
 
 

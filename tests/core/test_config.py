@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.config import ConfigError, load_settings
+from bot.config import ConfigError, OperatorRules, load_settings
 from bot.providers.registry import PROVIDERS, ProviderEntry
 
 
@@ -41,6 +41,12 @@ def test_keys_make_providers_available_and_aggregator_is_just_a_base_url() -> No
         ({"LOG_LEVEL": "loud"}, ["LOG_LEVEL", "DEBUG"]),
         ({"BFL_API_KEY": "two words"}, ["BFL_API_KEY", "white space"]),
         ({"DISCORD_DEV_GUILD_ID": "abc"}, ["DISCORD_DEV_GUILD_ID", "digits"]),
+        ({"DM_ENABLED": "maybe"}, ["DM_ENABLED", "yes/no"]),
+        ({"DM_PROVIDERS": "local midjourney"}, ["DM_PROVIDERS", "midjourney", "replicate, bfl, wavespeed, local"]),
+        ({"MEMBER_DAILY_QUOTA": "-1"}, ["MEMBER_DAILY_QUOTA", "out of range"]),
+        ({"MAX_QUEUED_PER_MEMBER": "ten"}, ["MAX_QUEUED_PER_MEMBER", "whole number"]),
+        ({"MAX_QUEUED_PER_SERVER": "-5"}, ["MAX_QUEUED_PER_SERVER", "out of range"]),
+        ({"BLOCKED_TERMS_FILE": "/nonexistent/terms.txt"}, ["BLOCKED_TERMS_FILE", "cannot be read"]),
     ],
 )
 def test_bad_values_fail_fast_naming_the_variable(env: dict[str, str], words: list[str]) -> None:
@@ -98,3 +104,43 @@ def test_env_example_documents_every_provider_variable_with_its_default() -> Non
             assert f"\n{env.key}=\n" in example
         if env.base_url is not None:
             assert f"# {env.base_url}={env.default_base_url}\n" in example
+
+
+# -- operator-wide rules ------------------------------------------------------------------------------------
+
+
+def test_operator_rules_default_to_paid_providers_off_in_dms_and_capped_queues() -> None:
+    rules = load_settings({}).rules
+    assert rules == OperatorRules()
+    assert (rules.dm_enabled, rules.dm_providers, rules.member_daily_quota) == (True, ("local",), 0)
+    assert (rules.max_queued_per_member, rules.max_queued_per_server, rules.blocked_terms) == (10, 100, ())
+
+
+def test_operator_rules_are_read_from_the_environment(tmp_path: Path) -> None:
+    terms = tmp_path / "terms.txt"
+    terms.write_text("# the operator's list\ndragon\n\nstrip: watermark \nStrip:Signature\nDRAGON\n", "utf-8")
+    rules = load_settings({
+        "DM_ENABLED": "no", "DM_PROVIDERS": "BFL, local", "MEMBER_DAILY_QUOTA": "50", "MAX_QUEUED_PER_MEMBER": "0",
+        "MAX_QUEUED_PER_SERVER": "7", "BLOCKED_TERMS_FILE": str(terms),
+    }).rules
+    assert rules == OperatorRules(
+        dm_enabled=False, dm_providers=("bfl", "local"), member_daily_quota=50, max_queued_per_member=0,
+        max_queued_per_server=7, blocked_terms=(("dragon", "block"), ("watermark", "strip"), ("Signature", "strip")),
+    )
+    assert load_settings({"DM_PROVIDERS": "none"}).rules.dm_providers == ()
+
+
+def test_a_bad_blocked_term_names_the_file_and_line(tmp_path: Path) -> None:
+    terms = tmp_path / "terms.txt"
+    terms.write_text("dragon\nstrip: ***\n", "utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_settings({"BLOCKED_TERMS_FILE": str(terms)})
+    assert "BLOCKED_TERMS_FILE" in str(info.value) and "line 2" in str(info.value) and "no letters" in str(info.value)
+
+
+def test_env_example_and_readme_document_every_operator_rule() -> None:
+    root = Path(__file__).parents[2]
+    example, readme = (root / ".env.example").read_text(), (root / "README.md").read_text()
+    for name in ("DM_ENABLED", "DM_PROVIDERS", "MEMBER_DAILY_QUOTA", "MAX_QUEUED_PER_MEMBER", "MAX_QUEUED_PER_SERVER",
+                 "BLOCKED_TERMS_FILE"):
+        assert f"# {name}=" in example and f"`{name}`" in readme, name

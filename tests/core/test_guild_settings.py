@@ -58,7 +58,9 @@ def test_every_setting_has_a_description() -> None:
     ("changes", "words"),
     [
         ({"safety": 7}, "`safety` = 7"),
-        ({"safety": -1}, "from 0 to 6"),
+        ({"safety": -1}, "from 0 to 4"),
+        ({"safety": 5, "nsfw_safety": 6}, "from 0 to 4"),  # the loosest levels are for age-restricted channels
+        ({"nsfw_safety": 7}, "from 0 to 6"),
         ({"safety": True}, "`safety`"),
         ({"safety": "2"}, "`safety`"),
         ({"nsfw_safety": 1}, "cannot be below"),
@@ -82,10 +84,10 @@ def test_invalid_changes_name_the_problem(changes: dict[str, object], words: str
 def test_valid_changes_are_canonical() -> None:
     updated = apply_changes(
         GuildSettings(),
-        {"safety": 5, "nsfw_safety": 6, "allowed_providers": ["local", "bfl", "bfl"], "default_provider": "bfl",
+        {"safety": 4, "nsfw_safety": 6, "allowed_providers": ["local", "bfl", "bfl"], "default_provider": "bfl",
          "channel_mode": "list", "channels": [123, 123, 456]},
     )
-    assert (updated.safety, updated.nsfw_safety) == (5, 6)
+    assert (updated.safety, updated.nsfw_safety) == (4, 6)
     assert updated.allowed_providers == ("bfl", "local")  # provider order, no duplicates
     assert updated.channels == (123, 456)
     assert channel_allowed(updated, 456) and not channel_allowed(updated, 789)
@@ -135,16 +137,31 @@ def test_nsfw_channel_uses_the_looser_level() -> None:
     assert decision.for_provider("replicate") == {"disable_safety_checker": False}  # only at 6
 
 
-def test_replicate_checker_off_only_in_nsfw_channels_at_six() -> None:
-    settings = GuildSettings(safety=6, nsfw_safety=6)
-    assert effective_safety(settings, None, channel_is_nsfw=True).for_provider("replicate") == {
-        "disable_safety_checker": True
-    }
-    normal = effective_safety(settings, None, channel_is_nsfw=False)
-    assert normal.level == 6
-    assert normal.for_provider("replicate") == {"disable_safety_checker": False}
-    override = effective_safety(settings, ChannelOverride(1, 6), channel_is_nsfw=False)
-    assert override.for_provider("replicate") == {"disable_safety_checker": False}
+# One policy for every provider: (level asked, age-restricted channel) -> each provider's controls. A row stored
+# before `safety` was capped (here built directly) still gets no more than ORDINARY_SAFETY_MAX outside NSFW channels.
+@pytest.mark.parametrize(
+    ("asked", "nsfw", "level", "bfl", "replicate_off"),
+    [
+        (0, False, 0, 0, False),
+        (4, False, 4, 4, False),
+        (5, False, 4, 4, False),
+        (6, False, 4, 4, False),
+        (0, True, 0, 0, False),
+        (4, True, 4, 4, False),
+        (5, True, 5, 5, False),
+        (6, True, 6, 6, True),
+    ],
+)
+def test_most_permissive_levels_only_in_age_restricted_channels_for_every_provider(
+    asked: int, nsfw: bool, level: int, bfl: int, replicate_off: bool
+) -> None:
+    for settings, override in ((GuildSettings(safety=asked, nsfw_safety=asked), None),
+                               (GuildSettings(safety=6, nsfw_safety=6), ChannelOverride(1, asked))):
+        decision = effective_safety(settings, override, channel_is_nsfw=nsfw)
+        assert decision.level == level
+        assert decision.for_provider("bfl") == {"safety_tolerance": bfl}
+        assert decision.for_provider("replicate") == {"disable_safety_checker": replicate_off}
+        assert decision.for_provider("wavespeed") == {} and decision.for_provider("local") == {}
 
 
 def test_channel_override_tightens_anywhere_but_loosens_only_in_nsfw_channels() -> None:

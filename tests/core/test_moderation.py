@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from bot import moderation
+from bot.config import OperatorRules
 from bot.guild_settings import GuildSettings
 from bot.lifecycle.states import State
 from bot.moderation import (
@@ -22,8 +23,9 @@ from bot.moderation import (
     compile_filter,
     guild_filter,
     normalise,
+    share_refusal,
 )
-from bot.storage import JobRecord, Storage
+from bot.storage import JobRecord, OutputMeta, Storage
 
 DAY = 86_400.0
 T0 = 1_700_000_000.0
@@ -362,3 +364,78 @@ async def test_concurrent_burst_through_the_gate_admits_exactly_the_quotas(store
     assert max(admitted.values()) == 3  # per person
     assert sum(admitted.values()) == 10  # per server
     assert await store.count_jobs(guild_id=GUILD, since=0) == 10
+
+
+async def test_queue_caps_hold_under_a_burst_and_count_only_waiting_jobs(store: Storage, clock: Clock) -> None:
+    settings = GuildSettings(max_concurrent_per_user=20)
+    admitted: dict[tuple[int, int | None], int] = {}
+    refusals: set[str] = set()
+
+    async def attempt(gate: LimitGate, n: int, user_id: int, guild_id: int | None = GUILD) -> None:
+        async with gate.admission(settings, user_id, guild_id) as decision:
+            if decision.allowed:
+                await store.create_job(job(f"j{n}", user_id=user_id, guild_id=guild_id), b"i", None)
+                admitted[user_id, guild_id] = admitted.get((user_id, guild_id), 0) + 1
+            else:
+                refusals.add(decision.message)
+
+    per_member = LimitGate(store, rules=OperatorRules(max_queued_per_member=3, max_queued_per_server=0), clock=clock)
+    await asyncio.gather(*(attempt(per_member, n, 1 + n % 4) for n in range(100)))
+    assert admitted == {(u, GUILD): 3 for u in (1, 2, 3, 4)}
+    assert refusals == {"You already have 3 jobs waiting to start; the bot holds at most 3 waiting for one person. "
+                        "Try again when one has started."}
+    await attempt(per_member, 100, 1, None)  # the member's cap counts their DMs and every server together
+    assert (1, None) not in admitted
+
+    per_server = LimitGate(store, rules=OperatorRules(max_queued_per_member=0, max_queued_per_server=15), clock=clock)
+    await asyncio.gather(*(attempt(per_server, n, 5 + n % 4) for n in range(200, 300)))
+    assert await store.waiting_jobs(guild_id=GUILD) == 15
+    assert any(m.startswith("This server already has 15 jobs waiting to start") for m in refusals), refusals
+    await attempt(per_server, 300, 5, GUILD + 1)  # another server is not held up by this one's queue
+    await attempt(per_server, 301, 5, None)  # nor is a DM
+    assert admitted[5, GUILD + 1] == admitted[5, None] == 1
+
+    # A job that left for its provider no longer waits: its place is free again.
+    await store.move_job("j0", "me", State.SUBMITTING)
+    await attempt(per_member, 400, 1)
+    assert admitted[1, GUILD] == 4
+
+
+async def test_operator_daily_quota_counts_every_server_and_dm(store: Storage, clock: Clock) -> None:
+    rules = OperatorRules(member_daily_quota=2)
+    settings = GuildSettings(max_concurrent_per_user=20)
+    await store.create_job(job("a", user_id=1, guild_id=GUILD, status="succeeded"), b"i", None)
+    clock.now += 10
+    await store.create_job(job("b", user_id=1, guild_id=None, status="succeeded"), b"i", None)
+    for guild_id in (GUILD + 1, None):
+        decision = await admit(store, settings, 1, guild_id, clock.now, rules)
+        assert not decision.allowed and "every server and DM" in decision.message
+        assert decision.retry_at == T0 + DAY
+    assert (await admit(store, settings, 2, GUILD, clock.now, rules)).allowed
+    assert (await admit(store, settings, 1, GUILD, clock.now, OperatorRules())).allowed  # 0 = unlimited
+
+
+# -- sharing ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("channel_nsfw", "flagged", "spoilered", "reason"),
+    [
+        (False, False, False, None),
+        (True, False, False, "made in an age-restricted channel"),
+        (False, True, False, "flagged as sensitive"),
+        (False, False, True, "flagged as sensitive"),
+        (True, True, True, "made in an age-restricted channel"),
+    ],
+)
+def test_age_restricted_and_flagged_results_go_only_to_an_age_restricted_gallery(
+    channel_nsfw: bool, flagged: bool, spoilered: bool, reason: str | None
+) -> None:
+    record = JobRecord(id="j1", kind="fill", user_id=1, guild_id=GUILD, channel_id=2, provider="local",
+                       model="m", request="{}", prompt="p", application_id=3, channel_nsfw=channel_nsfw,
+                       outputs=(OutputMeta("a.png", 8, 8), OutputMeta("b.png", 8, 8, flagged=flagged)))
+    refusal = share_refusal(record, spoilered=spoilered, gallery_is_nsfw=False)
+    assert (refusal is None) == (reason is None)
+    if reason is not None:
+        assert refusal is not None and reason in refusal and "Nothing was shared" in refusal
+    assert share_refusal(record, spoilered=spoilered, gallery_is_nsfw=True) is None

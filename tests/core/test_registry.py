@@ -58,13 +58,10 @@ def _internal_fields(spec: ModelSpec) -> set[str]:
 
 
 @pytest.mark.parametrize("entry", ENTRIES, ids=_ids)
-@pytest.mark.parametrize("nsfw_channel", [False, True])
-def test_safety_mapping_sets_every_internal_control_with_a_value_the_models_accept(
-    entry: ProviderEntry, nsfw_channel: bool
-) -> None:
+def test_safety_mapping_sets_every_internal_control_with_a_value_the_models_accept(entry: ProviderEntry) -> None:
     controls = set().union(*(_internal_fields(spec) for spec in entry.specs))
     for level in range(SAFETY_MIN, SAFETY_MAX + 1):
-        internal = entry.safety(level, nsfw_channel)
+        internal = entry.safety(level)
         assert set(internal) == controls
         for spec in entry.specs:
             resolved = spec.resolve({}, internal)  # raises ParameterError for a value outside the spec

@@ -39,6 +39,7 @@ from tests.fakes.wavespeed_server import FakeWaveSpeed
 ART_ID = 1_200_000_000_000_000_001
 GALLERY_ID = 1_200_000_000_000_000_002
 LOG_ID = 1_200_000_000_000_000_003
+NSFW_GALLERY_ID = 1_200_000_000_000_000_004
 OTHER = FakeUser(1004, "other", MEMBER_PERMISSIONS.value)  # a second member without Manage Server
 
 IMAGE = photo()
@@ -82,6 +83,7 @@ def serve(bot: FillBot) -> AbstractAsyncContextManager[DiscordHarness]:
         FakeChannel(ART_ID, "art", guild_id=GUILD_ID, position=2),
         FakeChannel(GALLERY_ID, "gallery", guild_id=GUILD_ID, position=3),
         FakeChannel(LOG_ID, "mod-log", guild_id=GUILD_ID, position=4),
+        FakeChannel(NSFW_GALLERY_ID, "nsfw-gallery", guild_id=GUILD_ID, nsfw=True, position=5),
     ]
     return running(bot, channels=channels, users=(MEMBER, MODERATOR, OWNER, OTHER))
 
@@ -242,6 +244,11 @@ async def test_safety_levels_reach_bfl_per_channel(make_bot: Callable[..., FillB
         await channel_safety(h, GENERAL_CHANNEL_ID, None)
         await channel_safety(h, NSFW_CHANNEL_ID, None)
         await both(1, 5)
+        await configure(h, safety=4, nsfw_safety=6)  # the loosest levels only where the channel is age-restricted
+        await channel_safety(h, GENERAL_CHANNEL_ID, 6)
+        await both(4, 6)
+        await channel_safety(h, GENERAL_CHANNEL_ID, None)
+        await configure(h, safety=1, nsfw_safety=5)
         # A stricter NSFW level than the normal one is refused, naming both keys; nothing changes.
         text = await settings_command(h, "set", {"setting": "nsfw_safety", "value": "0"})
         assert "nsfw_safety" in text and "safety" in text and not text.startswith("Updated")
@@ -269,9 +276,10 @@ async def test_replicate_safety_checker_is_off_only_in_nsfw_channel_at_level_6(
         await both(False, False)  # nsfw_safety 4
         await configure(h, nsfw_safety=6)
         await both(False, True)
-        await configure(h, safety=6)  # level 6 in a normal channel still keeps the checker
+        text = await settings_command(h, "set", {"setting": "safety", "value": "6"})  # NSFW channels only
+        assert "`safety` = 6" in text and "from 0 to 4" in text and not text.startswith("Updated"), text
         await both(False, True)
-        await configure(h, safety=2, nsfw_safety=5)
+        await configure(h, nsfw_safety=5)
         await both(False, False)
         await channel_safety(h, NSFW_CHANNEL_ID, 6)
         await channel_safety(h, GENERAL_CHANNEL_ID, 6)
@@ -460,6 +468,34 @@ async def test_share_posts_to_the_gallery_channel(make_bot: Callable[..., FillBo
         assert [a.data for a in posted[0].attachments] == [a.data for a in message.attachments]
         assert f"<@{MEMBER.id}>" in posted[0].text
         assert "Shared to the gallery" in await h.wait_for(lambda: h.ephemeral_text(sent))
+        assert not h.errors
+
+
+async def test_share_keeps_age_restricted_and_flagged_results_out_of_a_normal_gallery(
+    make_bot: Callable[..., FillBot], fake_wavespeed: FakeWaveSpeed
+) -> None:
+    fake_wavespeed.nsfw = [True]
+    async with serve(make_bot(**env(wavespeed=fake_wavespeed))) as h:
+        await configure(h, flagged_outputs="spoiler", gallery_channel_id=f"<#{GALLERY_ID}>")
+        nsfw = await run_fill(h, channel_id=NSFW_CHANNEL_ID, provider="local")
+        flagged = await run_fill(h, channel_id=NSFW_CHANNEL_ID, provider="wavespeed")
+        assert result_files(flagged)[0].startswith("SPOILER_")
+        for message, why in ((nsfw, "made in an age-restricted channel"), (flagged, "age-restricted channel")):
+            text = await refused(h, h.component(f"fill:share:{job_id(message)}", message.id, user=MEMBER))
+            assert why in text and "Nothing was shared" in text, text
+        assert h.fake.messages_in(GALLERY_ID) == []
+
+        # An ordinary result still goes to the ordinary gallery, and both others to an age-restricted one.
+        general = await run_fill(h, provider="local")
+        await h.dispatch(h.component(f"fill:share:{job_id(general)}", general.id, user=MEMBER))
+        await h.wait_for(lambda: h.fake.messages_in(GALLERY_ID), message="the ordinary gallery post")
+        await configure(h, gallery_channel_id=f"<#{NSFW_GALLERY_ID}>")
+        for message in (nsfw, flagged):
+            await h.dispatch(h.component(f"fill:share:{job_id(message)}", message.id, user=MEMBER))
+        posted = await h.wait_for(lambda: len(h.fake.messages_in(NSFW_GALLERY_ID)) == 2 and
+                                  h.fake.messages_in(NSFW_GALLERY_ID), message="both age-restricted gallery posts")
+        assert posted[1].attachments[0].filename.startswith("SPOILER_")  # the spoiler stays on
+        assert len(h.fake.messages_in(GALLERY_ID)) == 1
         assert not h.errors
 
 
