@@ -397,10 +397,47 @@ async def test_rerun_makes_a_new_reply_with_a_new_seed(make_bot, fake_replicate:
         assert second.embeds[0]["title"].startswith("✅"), second.text
         assert job_id_of(second) != job_id_of(first)
         assert field(second, "Seed") != field(first, "Seed")
+        notes = field(second, "Notes")  # the seed changed on purpose, and the reply says so
+        assert f"new seed, {field(second, 'Seed')}" in notes and field(first, "Seed") in notes, notes
+        assert "Edit & rerun" in notes
         assert second.embeds[0]["description"] == "a vase"
         assert fake_replicate.count("POST", "create") == 2
         assert decode(second.attachments[0].data).size == (640, 480)
         assert h.fake.message(first.id).attachments  # the first result is untouched
+        assert not h.errors
+
+
+async def test_edit_and_rerun_keeps_the_seed_and_changes_the_prompt(
+    make_bot, fake_replicate: FakeReplicate
+) -> None:
+    bot: FillBot = make_bot(**replicate_env(fake_replicate))
+    async with running(bot) as h:
+        first = await final_reply(h, await start_fill(h, "a vase"))
+        opened = await h.dispatch(h.component(f"fill:change:{job_id_of(first)}", first.id))
+        modal = h.fake.interaction(opened.token).modal
+        assert modal is not None
+        defaults = {c["custom_id"]: c.get("value") for top in modal["components"]
+                    for c in ([top["component"]] if top.get("type") == 18 else top.get("components", []))}
+        modal_id, inputs = modal_ids(h, opened)
+        seed_label = next(label for label in inputs if label.startswith("Seed"))
+        assert defaults[inputs["Prompt"]] == "a vase" and defaults[inputs[seed_label]] == field(first, "Seed")
+
+        submitted = await h.dispatch(h.modal_submit(
+            modal_id, {inputs["Prompt"]: "a red vase", inputs[seed_label]: field(first, "Seed")}, message_id=first.id,
+        ))
+        second = await final_reply(h, submitted)
+        assert second.embeds[0]["title"].startswith("✅"), second.text
+        assert second.embeds[0]["description"] == "a red vase"
+        assert field(second, "Seed") == field(first, "Seed")
+        first_job, second_job = sorted(fake_replicate.predictions.values(), key=lambda p: p.created)
+        assert second_job.input["seed"] == first_job.input["seed"] and second_job.input["prompt"] == "a red vase"
+
+        opened = await h.dispatch(h.component(f"fill:change:{job_id_of(first)}", first.id))
+        modal_id, inputs = modal_ids(h, opened)
+        bad = await h.dispatch(h.modal_submit(modal_id, {inputs["Prompt"]: "x", inputs[seed_label]: "12a"},
+                                              message_id=first.id))
+        assert "not a seed" in await h.wait_for(lambda: h.ephemeral_text(bad), message="seed refusal")
+        assert fake_replicate.count("POST", "create") == 2
         assert not h.errors
 
 
