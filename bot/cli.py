@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -83,12 +84,16 @@ def build_parser() -> argparse.ArgumentParser:
     fill.add_argument("image", type=Path)
     where = fill.add_mutually_exclusive_group()
     where.add_argument("--mask", type=Path, help="black-and-white mask, white = repaint")
-    where.add_argument("--region", help="x,y,w,h in pixels or percent, e.g. 10%%,20%%,30%%,30%%")
+    where.add_argument("--region", help="x,y,w,h in pixels or percent, e.g. 10%%,20%%,30%%,30%% (a bare 0 goes "
+                       "with either)")
     fill.add_argument("--invert-mask", action="store_true", help="repaint the black part instead")
     fill.add_argument("--grow", type=int, default=0, help="grow (or shrink, if negative) the mask by N pixels")
     fill.add_argument("--feather", type=int, default=8, help="soften the blend edge by N pixels")
     fill.add_argument("--no-composite", action="store_true",
                       help="keep the provider's pixels outside the mask too")
+    fill.add_argument("--preview", type=Path, metavar="FILE",
+                      help="also write the mask preview the bot shows (a JPEG with the fill area tinted) to FILE, "
+                      "before the job is sent")
     _add_common(fill, "fill")
     _add_model_options(fill, "fill")
 
@@ -109,12 +114,69 @@ def _add_common(parser: argparse.ArgumentParser, operation: str) -> None:
     parser.add_argument("--provider", choices=able, help="default: DEFAULT_PROVIDER")
     parser.add_argument("--format", dest="output_format", default="auto", choices=OUTPUT_FORMATS,
                         help="auto (default): the kind of the input picture, at full resolution")
-    parser.add_argument("--quality", type=int, default=90, help="1-100, for jpeg and webp")
+    parser.add_argument("--quality", dest="output_quality", type=int, default=90, help="1-100, for jpeg and webp")
     parser.add_argument("-o", "--out", type=Path, default=Path("out"), help="directory for the results")
 
 
+def _actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    """Every option of the parser and its subcommands."""
+    found: list[argparse.Action] = []
+    parsers = [parser]
+    while parsers:
+        current = parsers.pop()
+        for action in current._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                parsers.extend(action.choices.values())
+            elif action.option_strings:
+                found.append(action)
+    return found
+
+
+def option_flags(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """Each shared option name (as Discord and the core's messages call it) -> this CLI's flag, read from the
+    argparse definitions so the two cannot drift: `output_quality` -> `--quality`, `invert_mask` -> `--invert-mask`."""
+    flags: dict[str, str] = {}
+    for action in _actions(parser):
+        long = next((o for o in action.option_strings if o.startswith("--")), action.option_strings[0])
+        flags.setdefault(action.dest.removeprefix("opt_"), long)
+    return flags
+
+
+_OPTION_NAME = re.compile(r"`([a-z_]+)`")
+
+
+def cli_wording(text: str, flags: dict[str, str]) -> str:
+    """Shared messages name options in backticks as Discord shows them; on the command line, name the flag."""
+    return _OPTION_NAME.sub(lambda m: f"`{flags[m[1]]}`" if m[1] in flags else m[0], text)
+
+
+def _with_attached_values(argv: Sequence[str], parser: argparse.ArgumentParser) -> list[str]:
+    """argparse takes `--region -5,0,10,10` or `--guidance -inf` for an unknown flag after a flag with no value;
+    attach such a value (`--region=-5,0,10,10`) so the option's own check answers it, in its own words."""
+    actions = _actions(parser)
+    known = {o for a in actions for o in a.option_strings}
+    takes_value = {o for a in actions if isinstance(a, argparse._StoreAction) for o in a.option_strings}
+    out: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        if arg == "--":
+            out += [arg, *args]
+            break
+        if arg in takes_value:
+            value = next(args, None)
+            if value is not None and value.startswith("-") and value.split("=")[0] not in known:
+                out.append(f"{arg}={value}" if arg.startswith("--") else arg + value)
+                continue
+            out += [arg] if value is None else [arg, value]
+            continue
+        out.append(arg)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(_with_attached_values(sys.argv[1:] if argv is None else argv, parser))
+    flags = option_flags(parser)
     try:
         if args.env_file != DEFAULT_ENV_FILE and not Path(args.env_file).is_file():
             raise ConfigError(f"--env-file {args.env_file!r} does not exist (or is not a file).")
@@ -131,13 +193,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in ("run", "sync"):
             return _discord_command(settings, args)
         if args.command == "resume":
-            return asyncio.run(_resume_job(settings, args))
-        return asyncio.run(_run_job(settings, args))
+            return asyncio.run(_resume_job(settings, args, flags))
+        return asyncio.run(_run_job(settings, args, flags))
     except ConfigError as exc:
         print(f"fillbot: configuration error: {exc}", file=sys.stderr)
         return 2
     except UserError as exc:
-        print(f"fillbot: {exc.message}", file=sys.stderr)
+        print(f"fillbot: {cli_wording(exc.message, flags)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -169,13 +231,22 @@ def _read(path: Path, what: str) -> bytes:
         raise UserError(f"Cannot read the {what} {str(path)!r}: {exc.strerror}.") from None
 
 
-async def _run_job(settings: Settings, args: argparse.Namespace) -> int:
+def _write(path: Path, data: bytes, what: str) -> None:
+    """Write a side file before the job is sent, so a bad path costs nothing."""
+    try:
+        path.write_bytes(data)
+    except OSError as exc:
+        raise UserError(f"Cannot write the {what} to {str(path)!r}: {exc.strerror}. Nothing was sent.") from None
+    print(f"{what}: {path}", file=sys.stderr)
+
+
+async def _run_job(settings: Settings, args: argparse.Namespace, flags: dict[str, str]) -> int:
     from bot.lifecycle.jobs import Lifecycle
     from bot.service import FillService
     from bot.storage import Storage
 
     provider = args.provider or settings.default_provider
-    delivery = Delivery(args.output_format, args.quality, composite=not getattr(args, "no_composite", True))
+    delivery = Delivery(args.output_format, args.output_quality, composite=not getattr(args, "no_composite", True))
     image = _read(args.image, "image")
     request: FillRequest | EditRequest
     async with FillService(settings) as service, await Storage.open(settings.database_path) as storage:
@@ -188,19 +259,21 @@ async def _run_job(settings: Settings, args: argparse.Namespace) -> int:
             request = EditRequest.build(provider, args.prompt, _options(args), delivery=delivery)
             prepared = await service.prepare_edit(image, request)
         for notice in prepared.notices:
-            print(f"note: {notice}", file=sys.stderr)
+            print(f"note: {cli_wording(notice, flags)}", file=sys.stderr)
+        if getattr(args, "preview", None) is not None:
+            _write(args.preview, prepared.preview, "mask preview")
         await _mention_interrupted(storage)
         lifecycle = Lifecycle(settings, storage, service)
         lifecycle.serve("cli", None)  # keep the leases of the jobs this command runs
         record = await lifecycle.record(_record(service.new_job_id(), request))
         print(f"job {record.id}: {request.spec.label}, seed {request.params.get('seed', '-')} (a new job)",
               file=sys.stderr)
-        sink = FileSink(args.out)
+        sink = FileSink(args.out, flags)
         await lifecycle.queue(record, prepared, sink)
         return await _follow(lifecycle, record.id, sink)
 
 
-async def _resume_job(settings: Settings, args: argparse.Namespace) -> int:
+async def _resume_job(settings: Settings, args: argparse.Namespace, flags: dict[str, str]) -> int:
     """Carry on with an interrupted `fill`/`edit` from where it stopped: never sent twice."""
     from bot.lifecycle.jobs import Lifecycle
     from bot.service import FillService
@@ -214,7 +287,7 @@ async def _resume_job(settings: Settings, args: argparse.Namespace) -> int:
             raise UserError(f"Job `{record.id}` is already finished ({record.status}).")
         lifecycle = Lifecycle(settings, storage, service)
         lifecycle.serve("cli", None)  # keep the leases of the jobs this command runs
-        sink = FileSink(args.out)
+        sink = FileSink(args.out, flags)
         if not await lifecycle.resume(record.id, sink):
             raise UserError(f"Job `{record.id}` is being run by another process right now.")
         print(f"job {record.id}: resuming ({record.status})", file=sys.stderr)
@@ -260,8 +333,9 @@ class FileSink:
 
     max_total_bytes = None
 
-    def __init__(self, out: Path) -> None:
+    def __init__(self, out: Path, flags: dict[str, str]) -> None:
         self.out = out
+        self.flags = flags
         self.exit_code = 1
 
     def show(self, progress: Progress) -> None:
@@ -274,7 +348,7 @@ class FileSink:
 
     async def deliver(self, ending: Ending) -> Receipt:
         if ending.finished is None:
-            print(f"fillbot: {ending.state}: {ending.message}", file=sys.stderr)
+            print(f"fillbot: {ending.state}: {cli_wording(ending.message or '', self.flags)}", file=sys.stderr)
             return Receipt(True)
         try:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -288,7 +362,7 @@ class FileSink:
                   f"`fillbot resume {ending.job_id} -o OTHER_DIR` writes them elsewhere.", file=sys.stderr)
             return Receipt(False)
         for notice in ending.notices + ending.finished.notices:
-            print(f"note: {notice}", file=sys.stderr)
+            print(f"note: {cli_wording(notice, self.flags)}", file=sys.stderr)
         for target, picture in written:
             flag = " (flagged by the provider)" if picture.flagged else ""
             print(f"{target} {picture.size[0]}x{picture.size[1]}{flag}")

@@ -251,12 +251,17 @@ def _parse_id(key: str, word: str) -> int:
     return int(match.group(1))
 
 
-def format_value(value: object) -> str:
-    """Plain text for a value in `show`, errors and the audit log."""
+# What an empty list means, where it is not "nothing": an empty `allowed_providers` allows every provider.
+_EMPTY_MEANS = {"allowed_providers": "all configured providers"}
+
+
+def format_value(value: object, key: str | None = None) -> str:
+    """Plain text for a value in `show`, errors and the audit log; pass `key` so an empty list reads as what it
+    means for that setting."""
     if value is None:
         return "not set"
     if isinstance(value, tuple | list):
-        return ", ".join(str(v) for v in value) if value else "none"
+        return ", ".join(str(v) for v in value) if value else _EMPTY_MEANS.get(key or "", "none")
     return str(value)
 
 

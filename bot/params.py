@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -88,6 +89,8 @@ class Field:
             value = int(value)
         else:
             value = float(value)
+        if not math.isfinite(value):
+            raise bad  # NaN passes every comparison below; infinity is never a meaningful setting
         if (self.minimum is not None and value < self.minimum) or (
             self.maximum is not None and value > self.maximum
         ):

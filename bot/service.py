@@ -82,9 +82,13 @@ class FillService:
         return await asyncio.get_running_loop().run_in_executor(self._pictures, functools.partial(fn, *args, **kwargs))
 
     def check_provider(self, name: str) -> None:
+        """Refuse a provider without a client, saying which variable the operator sets to enable it."""
         if name not in self.providers:
-            configured = ", ".join(self.providers)
-            raise UserError(f"The provider `{name}` is not configured on this bot; available: {configured}.")
+            configured = ", ".join(self.providers) or "none"
+            entry = PROVIDERS.get(name)
+            key = entry.env.key if entry is not None else None
+            fix = f"set {key} (in the .env file or the environment) to use it" if key else "it is unknown"
+            raise UserError(f"The provider `{name}` is not configured on this bot: {fix}. Available: {configured}.")
 
     async def prepare_fill(self, image: bytes, mask: bytes | None, request: FillRequest) -> Prepared:
         self.check_provider(request.spec.provider)

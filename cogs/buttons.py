@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any, cast
 
 import discord
 
+from bot.errors import UserError
 from bot.lifecycle.jobs import CancelResult
-from bot.params import request_from_json
+from bot.params import MAX_PROMPT_CHARS, request_from_json
 from bot.storage import JobRecord
 from cogs import rendering
 from cogs.errors import SafeModal, report
@@ -116,6 +117,48 @@ class RerunButton(JobButton, template=r"fill:rerun:" + _ID):
         await _flow(interaction).rerun(interaction, self.record)
 
 
+class EditRerunButton(JobButton, template=r"fill:change:" + _ID):
+    """Rerun with changes: a modal with the prompt and seed prefilled, so the seed is kept or changed on purpose."""
+
+    action = "change"
+    label = "Edit & rerun"
+    emoji = "✏️"
+    style = discord.ButtonStyle.secondary
+
+    async def run(self, interaction: discord.Interaction) -> None:
+        assert self.record is not None
+        await interaction.response.send_modal(RerunModal(self.record))
+
+
+class RerunModal(SafeModal, title="Rerun with changes"):
+    prompt: discord.ui.TextInput[Any] = discord.ui.TextInput(
+        label="Prompt", style=discord.TextStyle.paragraph, max_length=MAX_PROMPT_CHARS, required=False,
+    )
+    seed: discord.ui.TextInput[Any] = discord.ui.TextInput(
+        label="Seed (same seed + same prompt = same result)", required=False, max_length=10,
+    )
+
+    def __init__(self, record: JobRecord) -> None:
+        super().__init__()
+        self.record = record
+        request = request_from_json(record.request)
+        self.prompt.default = request.prompt
+        self.prompt.required = request.spec.prompt_required
+        seed = request.spec.field("seed")
+        if seed is None:
+            self.remove_item(self.seed)  # a model without seeds (local inpainting)
+        else:
+            self.seed.default = str(record.seed) if record.seed is not None else None
+            self.seed.placeholder = f"{seed.range_text()}; leave empty for a new seed"
+
+    async def on_submit(self, interaction: discord.Interaction) -> None:
+        text = (self.seed.value or "").strip()
+        if text and not text.isdigit():
+            raise UserError(f"`seed` = {text!r} is not a seed: use a whole number, or leave it empty for a new one.")
+        seed = int(text) if text else None
+        await _flow(interaction).rerun(interaction, self.record, prompt=self.prompt.value, seed=seed)
+
+
 class InfoButton(JobButton, template=r"fill:info:" + _ID):
     action = "info"
     label = "Info"
@@ -199,8 +242,6 @@ class ReuseModal(SafeModal, title="Use this image as the new input"):
         await _flow(interaction).reuse(interaction, self.record, self.index, self.prompt.value, region)
 
 
-
-
 def working_view(job_id: str) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
     view.add_item(CancelButton(job_id))
@@ -210,6 +251,7 @@ def working_view(job_id: str) -> discord.ui.View:
 def finished_view(job_id: str, outputs: int, *, shareable: bool) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
     view.add_item(RerunButton(job_id))
+    view.add_item(EditRerunButton(job_id))
     view.add_item(InfoButton(job_id))
     if shareable:
         view.add_item(ShareButton(job_id))
@@ -223,6 +265,7 @@ def finished_view(job_id: str, outputs: int, *, shareable: bool) -> discord.ui.V
 def failed_view(job_id: str) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
     view.add_item(RerunButton(job_id))
+    view.add_item(EditRerunButton(job_id))
     view.add_item(InfoButton(job_id))
     view.add_item(DeleteButton(job_id))
     return view
@@ -230,4 +273,6 @@ def failed_view(job_id: str) -> discord.ui.View:
 
 async def setup(bot: FillBot) -> None:
     """Buttons on old replies keep working after a restart: their custom ids are matched by template."""
-    bot.add_dynamic_items(CancelButton, RerunButton, InfoButton, DeleteButton, ShareButton, ReuseButton)
+    bot.add_dynamic_items(
+        CancelButton, RerunButton, EditRerunButton, InfoButton, DeleteButton, ShareButton, ReuseButton
+    )

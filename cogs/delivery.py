@@ -3,10 +3,15 @@ its ending there (pictures, or what went wrong), reporting back whether the memb
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import discord
+
+from bot.imaging.preview import BEFORE_NAME, before_preview
 from bot.lifecycle.sink import Ending, Progress, Receipt
 from bot.lifecycle.states import State
 from bot.params import EditRequest, FillRequest, request_from_json
@@ -22,6 +27,10 @@ log = logging.getLogger(__name__)
 
 # Discord's upload limit for a bot message without boosts; keep a margin for the multipart envelope.
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024 - 64 * 1024
+MAX_FILES = 10  # Discord's attachment limit per message
+# Edits never ping: a job that ran this long gets one short message mentioning the member once it is delivered
+# (its result or what went wrong), since they have likely looked away; a quicker one was watched as it finished.
+NOTIFY_AFTER = 30.0
 
 
 @dataclass(frozen=True)
@@ -72,17 +81,64 @@ class DiscordSink:
         if ending.finished is not None:
             uploads, metas, more = self._uploads(ending.finished)
             if uploads:
+                before = await self._before(uploads)
                 embed = rendering.result_embed(
                     self.request, job_id=self.job_id, user_id=self.context.user_id, elapsed=ending.elapsed,
                     notices=notices + ending.finished.notices + tuple(more),
                 )
+                if before is not None:
+                    embed.set_thumbnail(url=f"attachment://{BEFORE_NAME}")
                 view = buttons.finished_view(self.job_id, len(uploads), shareable=self.context.guild_id is not None)
-                shown = await self.reply.final(Edit(embed=embed, view=view, files=uploads))
+                shown = await self._final(Edit(embed=embed, view=view, files=uploads + ([before] if before else [])),
+                                          ending, "is done")
                 return Receipt(shown is not Shown.RETRY, outputs=metas)
             state, message = State.MODERATED, "Every image was flagged by the provider's safety checker."
         embed = rendering.failure_embed(self.request, state, message, job_id=self.job_id)
-        shown = await self.reply.final(Edit(embed=embed, view=buttons.failed_view(self.job_id), files=[]))
+        verb = "was canceled" if state is State.CANCELED else "did not finish"
+        shown = await self._final(Edit(embed=embed, view=buttons.failed_view(self.job_id), files=[]), ending, verb)
         return Receipt(shown is not Shown.RETRY, note=message if state is not ending.state else None)
+
+    async def _final(self, edit: Edit, ending: Ending, verb: str) -> Shown:
+        """The final edit, then the mention a long job's member gets (never for a cancel they pressed themselves,
+        nor when the reply had to be posted anew, which mentions them already)."""
+        message_id = self.reply.target.message_id
+        shown = await self.reply.final(edit)
+        moved = self.reply.target.message_id != message_id and self.reply.target.token is None
+        if (shown is Shown.SHOWN and ending.elapsed >= NOTIFY_AFTER and not moved
+                and ending.state is not State.CANCELED):
+            await self._notify(verb)
+        return shown
+
+    async def _notify(self, verb: str) -> None:
+        target = self.reply.target
+        where = self.context.guild_id if self.context.guild_id is not None else "@me"
+        link = f"https://discord.com/channels/{where}/{target.channel_id}/{target.message_id}"
+        text = f"<@{self.context.user_id}> your /{self.request.spec.operation} job {verb}: {link}"
+        mention = discord.AllowedMentions(everyone=False, roles=False, users=[discord.Object(self.context.user_id)])
+        try:
+            if target.token is not None and time.time() < target.token_expires_at - 30:
+                webhook = discord.Webhook.partial(target.application_id, target.token, client=self.bot)
+                await webhook.send(text, allowed_mentions=mention)
+            else:
+                await self.bot.get_partial_messageable(target.channel_id).send(text, allowed_mentions=mention)
+        except discord.HTTPException as exc:  # the result is delivered: a missing ping is not worth a retry
+            log.info("job %s: could not mention its member (%s)", self.job_id, exc.status)
+
+    async def _before(self, uploads: list[Upload]) -> Upload | None:
+        """The "before" picture (the mask preview, or the input of an edit) from the stored inputs, as the last
+        file, when it fits Discord's file count and upload budget."""
+        room = MAX_UPLOAD_BYTES - sum(len(u.data) for u in uploads)
+        if len(uploads) >= MAX_FILES or room <= 0:
+            return None
+        stored = await self.bot.storage.load_inputs(self.job_id)
+        if stored is None:
+            return None
+        try:
+            data = await asyncio.to_thread(before_preview, *stored)
+        except Exception:
+            log.exception("job %s: could not draw its before picture", self.job_id)
+            return None
+        return Upload(BEFORE_NAME, data) if len(data) <= room else None
 
     def _uploads(self, finished: Finished) -> tuple[list[Upload], tuple[OutputMeta, ...], list[str]]:
         uploads: list[Upload] = []

@@ -34,6 +34,7 @@ from bot.guild_settings import (
     effective_safety,
     usable_providers,
 )
+from bot.imaging.preview import BEFORE_NAME
 from bot.lifecycle.sink import Progress
 from bot.lifecycle.states import State
 from bot.lifecycle.store import StoreUnavailable
@@ -283,14 +284,30 @@ class JobFlow(commands.Cog):
         )
 
     # -------------------------------------------------------------------------------------- button actions
-    async def rerun(self, interaction: discord.Interaction, record: JobRecord) -> None:
-        """The same job again with a new seed, as a new reply."""
+    async def rerun(
+        self, interaction: discord.Interaction, record: JobRecord, *, prompt: str | None = None,
+        seed: int | None = None,
+    ) -> None:
+        """The same pictures again as a new reply: with a new seed (the Rerun button, which says so), or with the
+        prompt and seed the member chose (Edit & rerun), so a seed is only ever kept or changed on purpose."""
         request = request_from_json(record.request)
         stored = await self.bot.storage.load_inputs(record.id)
         if stored is None:
             raise UserError("The pictures of this job are no longer stored, so it cannot be rerun.")
         inputs = JobInputs(*stored)
-        await self._again(interaction, request, lambda r: self.bot.service.prepare(r, inputs))
+        if prompt is not None:
+            request = dataclasses.replace(request, prompt=prompt)
+
+        async def load(r: Request) -> Prepared:
+            prepared = await self.bot.service.prepare(r, inputs)
+            new = r.params.get("seed")
+            if seed is not None or new is None:
+                return prepared
+            note = (f"Rerun with a new seed, {new} (job {record.id} used {record.seed}). To keep a seed or change "
+                    "the prompt, use ✏️ Edit & rerun.")
+            return dataclasses.replace(prepared, notices=(note, *prepared.notices))
+
+        await self._again(interaction, request, load, seed=seed)
 
     async def reuse(
         self, interaction: discord.Interaction, record: JobRecord, index: int, prompt: str, region: str | None
@@ -327,16 +344,23 @@ class JobFlow(commands.Cog):
         interaction: discord.Interaction,
         request: FillRequest | EditRequest,
         prepare: Load,
+        *,
+        seed: int | None = None,
     ) -> None:
-        """Start a follow-up job under today's server rules: admission, safety and a fresh seed."""
-        await self.start(interaction, lambda: self._decide_again(interaction, request), prepare)
+        """Start a follow-up job under today's server rules: admission, safety and `seed` (None: a fresh one)."""
+        await self.start(interaction, lambda: self._decide_again(interaction, request, seed), prepare)
 
-    async def _decide_again(self, interaction: discord.Interaction, request: Request) -> tuple[Request, Admission]:
+    async def _decide_again(
+        self, interaction: discord.Interaction, request: Request, seed: int | None
+    ) -> tuple[Request, Admission]:
         admission = await self.admit(
             interaction, provider=request.spec.provider, operation=request.spec.operation, prompt=request.prompt,
             outputs=request.params.get("outputs"), lora=request.params.get("lora"),
         )
-        user_params = {k: v for k, v in request.params.items() if not _is_internal(request, k) and k != "seed"}
+        user_params: dict[str, Value | None] = {
+            k: v for k, v in request.params.items() if not _is_internal(request, k) and k != "seed"
+        }
+        user_params["seed"] = seed
         again: FillRequest | EditRequest
         if isinstance(request, FillRequest):
             again = FillRequest.build(
@@ -383,7 +407,8 @@ class JobFlow(commands.Cog):
         if refusal is not None:
             raise UserError(refusal)
         await interaction.response.defer(ephemeral=True, thinking=True)
-        files = [await a.to_file(spoiler=a.is_spoiler()) for a in message.attachments]
+        # The results only: the small "before" picture stays with the member's own reply.
+        files = [await a.to_file(spoiler=a.is_spoiler()) for a in message.attachments if a.filename != BEFORE_NAME]
         request = request_from_json(record.request)
         embed = discord.Embed(description=rendering.quote_prompt(request.prompt, rendering.DESCRIPTION_MAX),
                               colour=rendering.COLOUR_DONE)

@@ -60,7 +60,7 @@ class SettingsCog(commands.GroupCog, group_name="fill-settings", group_descripti
         embed = discord.Embed(title="fillbot settings", colour=discord.Colour.blurple())
         for name in SETTING_NAMES:
             value = getattr(settings, name)
-            shown = format_value(value)
+            shown = format_value(value, name)
             if name.endswith("channel_id") and value is not None:
                 shown = f"<#{value}>"
                 if own_text_channel(self.bot, guild_id, value) is None:

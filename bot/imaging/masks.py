@@ -39,7 +39,10 @@ MOSTLY = 0.75
 _PHOTO_SAMPLE = 256
 _PHOTO_COLOURFUL, _PHOTO_BETWEEN, _PHOTO_COLOURS = 0.10, 0.25, 100
 
-_NUMBER = r"\s*(\d+(?:\.\d+)?)\s*(%?)\s*"
+# Region text is bounded before any parsing: a number is at most 8 digits before and 4 after the point (no
+# picture is 10^8 px wide), so a pasted 400-digit value is refused instead of overflowing the pixel maths.
+MAX_REGION_CHARS = 60
+_NUMBER = r"\s*(-?)(\d{1,8}(?:\.\d{1,4})?)\s*(%?)\s*"
 _REGION = re.compile(rf"^{_NUMBER},{_NUMBER},{_NUMBER},{_NUMBER}$")
 REGION_SYNTAX = (
     "Give the region as x,y,w,h: left, top, width and height in pixels (e.g. `100,50,400,300`) "
@@ -101,13 +104,23 @@ class MaskResult:
 
 
 def parse_region(text: str) -> Region:
-    """Parse "x,y,w,h" (pixels) or "x%,y%,w%,h%"; the error message shows the syntax with examples."""
-    found = _REGION.match(text)
+    """Parse "x,y,w,h" (pixels) or "x%,y%,w%,h%"; the error message shows the syntax with examples.
+
+    A bare `0` goes with either unit (`0,0,50%,100%`): zero pixels and zero percent are the same place.
+    """
+    shown = text if len(text) <= MAX_REGION_CHARS else text[:MAX_REGION_CHARS] + "…"
+    found = _REGION.match(text) if len(text) <= MAX_REGION_CHARS else None
     if not found:
-        raise MaskError(f"`{text}` is not a region. {REGION_SYNTAX}")
-    values = [float(found.group(i)) for i in (1, 3, 5, 7)]
-    units = {found.group(i) for i in (2, 4, 6, 8)}
-    if len(units) != 1:
+        raise MaskError(f"`{shown}` is not a region. {REGION_SYNTAX}")
+    groups = [found.group(i, i + 1, i + 2) for i in (1, 4, 7, 10)]
+    if any(sign for sign, _, _ in groups):
+        raise MaskError(
+            f"The region `{text}` has a negative value: x and y count from the picture's top-left corner and "
+            f"width and height are sizes, so all four are 0 or more. {REGION_SYNTAX}"
+        )
+    values = [float(number) for _, number, _ in groups]
+    units = {unit for (_, _, unit), value in zip(groups, values, strict=True) if value != 0}
+    if len(units) > 1:
         raise MaskError(f"`{text}` mixes pixels and percent. {REGION_SYNTAX}")
     percent = units == {"%"}
     x, y, w, h = values

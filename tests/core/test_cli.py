@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from bot.cli import main
+from bot.cli import build_parser, cli_wording, main, option_flags
+from bot.params import SPECS
 from tests.fakes.replicate_server import FakeReplicate
 
 TESTDATA = Path(__file__).resolve().parents[1] / "data"
@@ -65,13 +66,14 @@ def test_out_of_range_option_is_refused_before_any_work(capsys: pytest.CaptureFi
     code = main(["fill", str(COFFEE), "--mask", str(COFFEE_MASK), "--provider", "bfl", "--steps", "99"])
     assert code == 1
     err = capsys.readouterr().err
-    assert "`steps` = 99" in err and "15 to 50" in err
+    assert "`--steps` = 99" in err and "15 to 50" in err
 
 
 def test_unconfigured_provider_is_named(capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["fill", str(COFFEE), "--mask", str(COFFEE_MASK), "--provider", "replicate", "-p", "x"])
     assert code == 1
-    assert "`replicate` is not configured" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "`replicate` is not configured" in err and "set REPLICATE_API_TOKEN" in err, err
 
 
 def test_missing_file_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
@@ -158,3 +160,93 @@ def test_results_that_cannot_be_written_are_kept_for_resume(tmp_path: Path, caps
     assert match is not None, err
     assert main(["resume", match.group(1), "-o", str(tmp_path / "elsewhere")]) == 0
     assert len(list((tmp_path / "elsewhere").iterdir())) == 1
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_non_finite_guidance_is_a_one_line_error_naming_the_flag(
+    value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["fill", str(COFFEE), "--mask", str(COFFEE_MASK), "--provider", "replicate", "-p", "x",
+                 "--guidance", value])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err, err
+    assert f"`--guidance` = {float(value)!r}" in err and "0 to 100" in err, err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+def test_messages_name_the_cli_flags_not_the_discord_options(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["fill", str(COFFEE), "--mask", str(COFFEE_MASK), "--provider", "local", "--quality", "0"])
+    err = capsys.readouterr().err
+    assert code == 1 and "`--quality` = 0" in err and "output_quality" not in err, err
+
+
+def test_every_shared_option_name_has_a_flag() -> None:
+    """The mapping is read from argparse, so a renamed flag or a new spec option cannot be left unmapped."""
+    flags = option_flags(build_parser())
+    assert flags["output_quality"] == "--quality" and flags["output_format"] == "--format"
+    assert flags["invert_mask"] == "--invert-mask" and flags["lora_scale"] == "--lora-scale"
+    for name in {f.name for spec in SPECS for f in spec.user_fields}:
+        assert name in flags, name
+    assert cli_wording("did you mean `invert_mask`? `local` stays", flags) == (
+        "did you mean `--invert-mask`? `local` stays"
+    )
+
+
+@pytest.mark.parametrize(
+    ("region", "words"),
+    [
+        ("-5,0,10,10", "negative value"),
+        ("0,-5,10,10", "negative value"),
+        ("1" * 400 + ",0,10,10", "is not a region"),
+    ],
+)
+def test_bad_regions_are_one_line_errors(region: str, words: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["fill", str(COFFEE), "--region", region, "--provider", "local", "-o", "out"])
+    err = capsys.readouterr().err
+    assert code == 1 and words in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+def test_region_mixing_a_bare_zero_with_percent_works(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert main(["fill", str(COFFEE), "--region", "0,0,90%,100%", "--provider", "local", "-o", str(out)]) == 0
+    assert len(list(out.iterdir())) == 1
+
+
+def test_preview_writes_the_mask_preview_before_the_job(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    preview = tmp_path / "preview.jpg"
+    code = main(["fill", str(COFFEE), "--region", "10%,10%,30%,30%", "--provider", "local",
+                 "-o", str(tmp_path / "out"), "--preview", str(preview)])
+    assert code == 0
+    with Image.open(preview) as shown:
+        assert shown.format == "JPEG" and max(shown.size) <= 640
+        tinted = shown.convert("RGB").getpixel((int(shown.width * 0.25), int(shown.height * 0.25)))
+        assert tinted[0] > tinted[1] and tinted[2] > tinted[1]  # magenta tint over the fill area
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["fill", "--help"])
+    assert "--preview FILE" in capsys.readouterr().out
+
+
+def test_unwritable_preview_stops_before_anything_is_sent(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["fill", str(COFFEE), "--region", "10%,10%,30%,30%", "--provider", "local",
+                 "-o", str(tmp_path / "out"), "--preview", str(tmp_path / "missing" / "p.jpg")])
+    err = capsys.readouterr().err
+    assert code == 1 and "Cannot write the mask preview" in err and "Nothing was sent" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+async def test_negative_region_in_a_subprocess_is_not_taken_for_a_flag(tmp_path: Path) -> None:
+    """argparse would read `-5,0,10,10` as an unknown option; the region check must answer it instead."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", "fill", str(COFFEE), "--region", "-5,0,10,10", "--provider", "local",
+        cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await asyncio.wait_for(proc.communicate(), timeout=60)
+    text = stderr.decode()
+    assert proc.returncode == 1 and "negative value" in text and "expected one argument" not in text, text
+
+
+def test_a_prompt_starting_with_a_dash_is_kept_whole(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["fill", str(COFFEE), "--region", "1,1,5,5", "--provider", "replicate", "-p", "-a vase"])
+    assert code == 1 and "not configured" in capsys.readouterr().err  # parsed, then refused for the provider

@@ -18,6 +18,7 @@ from bot.guild_settings import (
     apply_changes,
     channel_allowed,
     effective_safety,
+    format_value,
     parse_setting,
     settings_from_stored,
     usable_providers,
@@ -276,3 +277,9 @@ async def test_blocked_terms_are_cached_and_audited(store: Storage) -> None:
         with pytest.raises(SettingsError):
             await store.add_blocked_term(GUILD, MOD, bad_term, action)
     assert len(await store.audit_log(GUILD)) == 4
+
+
+def test_format_value_reads_an_empty_list_as_what_it_means_for_the_setting() -> None:
+    assert format_value((), "allowed_providers") == "all configured providers"
+    assert format_value((), "channels") == "none"
+    assert format_value(("bfl", "local"), "allowed_providers") == "bfl, local"

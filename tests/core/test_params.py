@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from bot.errors import ParameterError
@@ -128,3 +130,21 @@ def test_options_sharing_a_name_share_a_type_across_models() -> None:
         for f in spec.user_fields:
             kinds.setdefault((spec.operation, f.name), set()).add(f.kind)
     assert {key: k for key, k in kinds.items() if len(k) > 1} == {}
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize(("provider", "name"), [("replicate", "guidance"), ("replicate", "lora_scale"),
+                                                ("wavespeed", "guidance"), ("bfl", "guidance")])
+def test_non_finite_numbers_are_refused_naming_the_option_and_range(provider: str, name: str, value: float) -> None:
+    """NaN compares false with both ends of a range, so it used to pass the check and crash later."""
+    with pytest.raises(ParameterError) as info:
+        FillRequest.build(provider, "x", {name: value})
+    assert f"`{name}` = {value!r}" in info.value.message and " to " in info.value.message
+
+
+def test_every_float_option_refuses_nan() -> None:
+    floats = [(spec, f) for spec in SPECS for f in spec.user_fields if f.kind is float]
+    assert floats
+    for spec, f in floats:
+        with pytest.raises(ParameterError):
+            spec.resolve({f.name: math.nan})

@@ -158,7 +158,7 @@ def assert_delivered_once(h: DiscordHarness, message: FakeMessage, *, edits: int
     """One reply shows the result, and no other message does. `edits`: how many final edits of that reply may
     be seen (a bot killed while its final edit was in flight shows the same result again, in place)."""
     assert message.embeds[0]["title"].startswith("✅"), message.text
-    assert len(message.attachments) == 1 and not message.loading
+    assert [a.filename for a in message.attachments][1:] == ["before.jpg"] and not message.loading
     assert 1 <= len(final_edits(h, message.id)) <= edits
     footer = message.embeds[0].get("footer", {}).get("text")
     assert footer and footer.startswith("job ")

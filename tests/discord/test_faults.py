@@ -80,7 +80,7 @@ def assert_failed_clearly(message: FakeMessage, title: str, *phrases: str) -> No
 def assert_delivered(message: FakeMessage, size: tuple[int, int] = (640, 480)) -> None:
     assert is_final(message)
     assert message.embeds[0]["title"].startswith("✅"), message.text
-    assert len(message.attachments) == 1
+    assert [a.filename for a in message.attachments][1:] == ["before.jpg"]  # one result, then its "before"
     assert decode(message.attachments[0].data).size == size
 
 

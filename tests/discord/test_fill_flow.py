@@ -13,6 +13,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from bot.app import FillBot
+from cogs import delivery
 from tests.discord.conftest import (
     TESTDATA,
     decode,
@@ -24,7 +25,7 @@ from tests.discord.conftest import (
     running,
 )
 from tests.fakes.bfl_server import FakeBFL
-from tests.fakes.discord_api import FakeMessage
+from tests.fakes.discord_api import FakeMessage, RecordedRequest
 from tests.fakes.discord_harness import MEMBER, MEMBER_PERMISSIONS, DiscordHarness, Dispatched, FakeUser
 from tests.fakes.replicate_server import FakeReplicate, LogStyle
 from tests.fakes.wavespeed_server import FakeWaveSpeed
@@ -184,7 +185,7 @@ async def test_fill_with_replicate_shows_live_status_and_delivers(make_bot, pref
             assert all(r.path.startswith(prefix + "/") for r in fake.api_requests())
             assert fake.count("POST", "create") == 1
 
-            assert len(message.attachments) == 1
+            assert [a.filename for a in message.attachments][1:] == ["before.jpg"]  # one result, then its "before"
             assert message.attachments[0].filename.endswith(".png")
             assert_composited(decode(message.attachments[0].data), decode(image), MASK_BOX)
             assert_result_buttons(message)
@@ -397,10 +398,47 @@ async def test_rerun_makes_a_new_reply_with_a_new_seed(make_bot, fake_replicate:
         assert second.embeds[0]["title"].startswith("✅"), second.text
         assert job_id_of(second) != job_id_of(first)
         assert field(second, "Seed") != field(first, "Seed")
+        notes = field(second, "Notes")  # the seed changed on purpose, and the reply says so
+        assert f"new seed, {field(second, 'Seed')}" in notes and field(first, "Seed") in notes, notes
+        assert "Edit & rerun" in notes
         assert second.embeds[0]["description"] == "a vase"
         assert fake_replicate.count("POST", "create") == 2
         assert decode(second.attachments[0].data).size == (640, 480)
         assert h.fake.message(first.id).attachments  # the first result is untouched
+        assert not h.errors
+
+
+async def test_edit_and_rerun_keeps_the_seed_and_changes_the_prompt(
+    make_bot, fake_replicate: FakeReplicate
+) -> None:
+    bot: FillBot = make_bot(**replicate_env(fake_replicate))
+    async with running(bot) as h:
+        first = await final_reply(h, await start_fill(h, "a vase"))
+        opened = await h.dispatch(h.component(f"fill:change:{job_id_of(first)}", first.id))
+        modal = h.fake.interaction(opened.token).modal
+        assert modal is not None
+        defaults = {c["custom_id"]: c.get("value") for top in modal["components"]
+                    for c in ([top["component"]] if top.get("type") == 18 else top.get("components", []))}
+        modal_id, inputs = modal_ids(h, opened)
+        seed_label = next(label for label in inputs if label.startswith("Seed"))
+        assert defaults[inputs["Prompt"]] == "a vase" and defaults[inputs[seed_label]] == field(first, "Seed")
+
+        submitted = await h.dispatch(h.modal_submit(
+            modal_id, {inputs["Prompt"]: "a red vase", inputs[seed_label]: field(first, "Seed")}, message_id=first.id,
+        ))
+        second = await final_reply(h, submitted)
+        assert second.embeds[0]["title"].startswith("✅"), second.text
+        assert second.embeds[0]["description"] == "a red vase"
+        assert field(second, "Seed") == field(first, "Seed")
+        first_job, second_job = sorted(fake_replicate.predictions.values(), key=lambda p: p.created)
+        assert second_job.input["seed"] == first_job.input["seed"] and second_job.input["prompt"] == "a red vase"
+
+        opened = await h.dispatch(h.component(f"fill:change:{job_id_of(first)}", first.id))
+        modal_id, inputs = modal_ids(h, opened)
+        bad = await h.dispatch(h.modal_submit(modal_id, {inputs["Prompt"]: "x", inputs[seed_label]: "12a"},
+                                              message_id=first.id))
+        assert "not a seed" in await h.wait_for(lambda: h.ephemeral_text(bad), message="seed refusal")
+        assert fake_replicate.count("POST", "create") == 2
         assert not h.errors
 
 
@@ -433,7 +471,7 @@ async def test_info_shows_the_parameters_ephemerally_to_anyone(make_bot, fake_re
         assert "a teapot" in text and "4242" in text and "flux-fill-dev" in text
         assert re.search(r"steps:\*\* `20`", text), text
         assert job_id_of(message) in text
-        assert len(h.fake.message(message.id).attachments) == 1  # the result itself is unchanged
+        assert len(h.fake.message(message.id).attachments) == 2  # the result and its "before", unchanged
 
 
 async def test_delete_by_requester_and_refusal_for_others(make_bot, fake_replicate: FakeReplicate) -> None:
@@ -526,3 +564,70 @@ async def test_deleted_reply_stops_updates_quietly(make_bot, caplog: pytest.LogC
             assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
             assert not [r for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("cogs")]
 
+
+
+# ------------------------------------------------------------------------------------- finishing touches
+
+
+def mention_posts(h: DiscordHarness, user_id: int) -> list[RecordedRequest]:
+    """Successful webhook follow-ups or channel messages that mention `user_id` with a ping allowed."""
+    return [
+        r for r in h.fake.requests
+        if r.ok and r.method == "POST" and isinstance(r.json, dict) and f"<@{user_id}>" in (r.json.get("content") or "")
+        and user_id in [int(u) for u in r.json.get("allowed_mentions", {}).get("users", [])]
+    ]
+
+
+async def test_a_long_job_mentions_its_member_once_with_a_link(
+    make_bot, fake_replicate: FakeReplicate, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(delivery, "NOTIFY_AFTER", 0.0)  # every job counts as long
+    bot: FillBot = make_bot(**replicate_env(fake_replicate))
+    async with running(bot) as h:
+        sent = await start_fill(h, "a vase")
+        message = await final_reply(h, sent)
+        await h.wait_for(lambda: mention_posts(h, MEMBER.id), message="the mention")
+        (ping,) = mention_posts(h, MEMBER.id)
+        assert f"/{message.channel_id}/{message.id}" in ping.json["content"] and "is done" in ping.json["content"]
+        assert ping.at >= max(r.at for r in h.fake.requests if r.message_id == message.id and r.method == "PATCH")
+        assert not h.errors
+
+
+async def test_a_quick_job_does_not_ping(make_bot, fake_replicate: FakeReplicate) -> None:
+    bot: FillBot = make_bot(**replicate_env(fake_replicate))
+    async with running(bot) as h:
+        await final_reply(h, await start_fill(h, "a vase"))
+        await h.dispatch(h.slash("fill", {"prompt": "x", "provider": "replicate"}, attachments=fill_images()))
+        await h.wait_for(lambda: len([m for m in h.fake.messages.values() if is_final(m)]) == 2)
+        assert mention_posts(h, MEMBER.id) == []
+
+
+async def test_a_canceled_job_does_not_ping(make_bot, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(delivery, "NOTIFY_AFTER", 0.0)
+    async with FakeReplicate(duration=30, honour_wait=False) as fake:
+        bot: FillBot = make_bot(**replicate_env(fake))
+        async with running(bot) as h:
+            sent = await start_fill(h)
+            reply = await wait_running(h, sent)
+            await h.dispatch(h.component(f"fill:cancel:{job_id_of(reply)}", reply.id))
+            final = await final_reply(h, sent)
+            assert final.embeds[0]["title"].startswith("⏹"), final.text
+            assert mention_posts(h, MEMBER.id) == []
+
+
+async def test_the_result_keeps_a_before_picture_as_its_last_file(make_bot, fake_replicate: FakeReplicate) -> None:
+    bot: FillBot = make_bot(**replicate_env(fake_replicate))
+    async with running(bot) as h:
+        sent = await h.dispatch(h.slash("fill", {"prompt": "x", "provider": "replicate", "outputs": 2},
+                                        attachments=fill_images()))
+        message = await final_reply(h, sent)
+        names = [a.filename for a in message.attachments]
+        assert len(names) == 3 and names[-1] == "before.jpg", names
+        before = decode(message.attachments[-1].data).convert("RGB")
+        assert before.format is None and max(before.size) <= 320 and before.size[0] / before.size[1] == 640 / 480
+        tinted = before.getpixel((before.width * 3 // 8, before.height * 3 // 8))  # inside MASK_BOX
+        plain = before.getpixel((before.width - 5, 5))
+        assert tinted[0] > tinted[1] + 40 and tinted[2] > tinted[1] + 40, (tinted, plain)
+        assert "before.jpg" in str(message.embeds[0].get("thumbnail")), message.embeds[0]
+        assert not any(i.endswith(":2") for i in message.custom_ids() if i.startswith("fill:reuse:"))
+        assert not h.errors

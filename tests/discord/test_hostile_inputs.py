@@ -296,3 +296,16 @@ async def test_png_with_a_zip_appended_is_accepted_but_the_zip_never_leaves(make
             assert decode(sent_bytes).size == (640, 480)
             assert all(ZIP_SECRET not in a.data for a in message.attachments)
             assert not h.errors
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+async def test_non_finite_guidance_is_refused_naming_the_option(make_bot, fake_replicate, value: float) -> None:
+    """discord.py's range check lets NaN through (it compares false with both ends); the spec check does not."""
+    bot: FillBot = make_bot(REPLICATE_API_TOKEN=fake_replicate.token, REPLICATE_BASE_URL=fake_replicate.base_url)
+    async with running(bot) as h:
+        sent = await h.dispatch(h.slash("fill", {"prompt": "a vase", "provider": "replicate", "guidance": value},
+                                        attachments=with_mask(photo(), mask_for())))
+        text = await refused(h, sent)
+        assert "`guidance`" in text and "0 to 100" in text, text
+        assert fake_replicate.count("POST", "create") == 0
+        assert not h.errors

@@ -465,7 +465,9 @@ async def test_share_posts_to_the_gallery_channel(make_bot: Callable[..., FillBo
         sent = await h.dispatch(h.component(share, message.id, user=MEMBER))
         posted = await h.wait_for(lambda: h.fake.messages_in(GALLERY_ID), message="gallery post")
         assert len(posted) == 1
-        assert [a.data for a in posted[0].attachments] == [a.data for a in message.attachments]
+        results = [a.data for a in message.attachments if a.filename != "before.jpg"]
+        assert any(a.filename == "before.jpg" for a in message.attachments)  # the reply shows before and after
+        assert [a.data for a in posted[0].attachments] == results  # the gallery gets the results only
         assert f"<@{MEMBER.id}>" in posted[0].text
         assert "Shared to the gallery" in await h.wait_for(lambda: h.ephemeral_text(sent))
         assert not h.errors
@@ -679,3 +681,16 @@ async def test_settings_and_blocked_terms_survive_a_restart(
         await run_fill(h, channel_id=NSFW_CHANNEL_ID)
         assert [r.body["safety_tolerance"] for r in fake_bfl.requests_to("api") if r.method == "POST"] == [1, 3]
         assert len(await store(h).audit_log(GUILD_ID)) == 6
+
+
+async def test_settings_show_says_an_empty_allowed_providers_means_all(make_bot: Callable[..., FillBot]) -> None:
+    async with serve(make_bot()) as h:
+        sent = await h.dispatch(h.slash("fill-settings", {}, subcommand="show", user=MODERATOR))
+        await h.wait_for(lambda: h.responses(sent), message="/fill-settings show answered")
+        names = [f["name"] for f in h.responses(sent)[0].embeds[0]["fields"]]
+        assert "allowed_providers = all configured providers" in names, names
+        assert "channels = none" in names, names  # an empty channel list still means none
+        await configure(h, allowed_providers="local")
+        sent = await h.dispatch(h.slash("fill-settings", {}, subcommand="show", user=MODERATOR))
+        await h.wait_for(lambda: h.responses(sent), message="/fill-settings show answered")
+        assert "allowed_providers = local" in [f["name"] for f in h.responses(sent)[0].embeds[0]["fields"]]

@@ -180,10 +180,17 @@ def test_nothing_given_explains_three_ways(limits: Limits) -> None:
         (" 40 , 20,80 ,50 ", Region(40, 20, 80, 50, percent=False)),
         ("20%,20%,40%,50%", Region(20, 20, 40, 50, percent=True)),
         ("12.5%,0%,50%,100%", Region(12.5, 0, 50, 100, percent=True)),
+        ("0,0,90%,100%", Region(0, 0, 90, 100, percent=True)),  # a bare 0 goes with percent
+        ("10%,0,50%,0.0%", None),
+        ("0,0,90,100", Region(0, 0, 90, 100, percent=False)),
     ],
 )
-def test_parse_region(text: str, region: Region) -> None:
-    assert parse_region(text) == region
+def test_parse_region(text: str, region: Region | None) -> None:
+    if region is None:
+        with pytest.raises(MaskError, match="no area"):
+            parse_region(text)
+    else:
+        assert parse_region(text) == region
 
 
 @pytest.mark.parametrize(
@@ -191,8 +198,13 @@ def test_parse_region(text: str, region: Region) -> None:
     [
         ("40,20,80", "not a region"),
         ("a,b,c,d", "not a region"),
-        ("-5,0,10,10", "not a region"),
+        ("-5,0,10,10", "negative value"),
+        ("10%,20%,-30%,40%", "negative value"),
+        ("1" * 400 + ",0,10,10", "is not a region"),
+        ("0," * 30 + "1", "is not a region"),
+        ("123456789,0,10,10", "is not a region"),
         ("10%,20,30%,40%", "mixes pixels and percent"),
+        ("0,5,30%,40%", "mixes pixels and percent"),
         ("10,10,0,10", "no area"),
         ("10%,10%,120%,10%", "above 100%"),
     ],
@@ -307,3 +319,10 @@ def test_soften_empty_mask_and_bad_feather() -> None:
     assert soften(empty, grow=5, feather=2).getbbox() is None
     with pytest.raises(ValueError):
         soften(empty, feather=-1)
+
+
+def test_a_huge_region_is_refused_without_echoing_it_back() -> None:
+    """A 400-digit value used to overflow the pixel maths; now it is refused and quoted only in part."""
+    with pytest.raises(MaskError) as info:
+        parse_region("9" * 400 + ",0,10,10")
+    assert len(info.value.message) < 400
