@@ -68,6 +68,7 @@ class Settings:
     log_level: str
     dev_guild_id: int | None = None
     job_lease: float = 30.0  # seconds a dead process's jobs wait before another process takes them over
+    allow_private_downloads: bool = False  # fetch results from loopback/private hosts (local set-ups, tests)
 
     @property
     def available_providers(self) -> tuple[str, ...]:
@@ -124,6 +125,17 @@ class _Reader:
         if not minimum <= value <= maximum:
             raise ConfigError(f"{name}={value} is out of range (allowed: {minimum}–{maximum}).")
         return value
+
+    def flag(self, name: str, default: bool) -> bool:
+        raw = self.text(name)
+        if raw is None:
+            return default
+        lowered = raw.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name}={raw!r} is not true or false (allowed: true, false, 1, 0, yes, no, on, off).")
 
     def secret(self, name: str) -> Secret | None:
         raw = self.text(name)
@@ -198,4 +210,5 @@ def load_settings(env: Mapping[str, str] | None = None, *, env_file: str | os.Pa
         log_level=log_level,
         dev_guild_id=int(guild) if guild else None,
         job_lease=read.number("JOB_LEASE_SECONDS", 30.0, minimum=0.2, maximum=600.0),
+        allow_private_downloads=read.flag("ALLOW_PRIVATE_DOWNLOADS", False),
     )
