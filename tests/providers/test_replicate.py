@@ -482,8 +482,10 @@ async def test_oversized_body_gets_a_helpful_message(make: Any) -> None:
 async def test_fill_without_mask_is_refused_before_sending(make: Any) -> None:
     rig = await make()
     job = ProviderJob(REPLICATE_FILL, "x", REPLICATE_FILL.resolve({}), IMAGE, None)
-    with pytest.raises(ValueError):
+    with pytest.raises(ProviderError) as info:  # a bug on our side, typed and truthful: nothing was sent
         await rig.provider.submit(job)
+    assert info.value.kind == "failed" and "nothing was charged" in info.value.message
+    assert isinstance(info.value.__cause__, ValueError)
     assert rig.fake.requests == []
 
 
