@@ -448,13 +448,14 @@ class ProviderHTTP:
         headers: Mapping[str, str],
         limits: httpx.Timeout,
         cap: int,
+        budget: float,
     ) -> httpx.Response:
         """One request, its body read into memory up to `cap` bytes and within `budget` seconds in all, so a
         hostile or broken server can neither fill memory nor hold the job by dripping bytes. Running out of
         time counts as an httpx read timeout."""
         request = self._client.build_request(method, url, json=json, headers=dict(headers), timeout=limits)
         try:
-            async with asyncio.timeout(max(self.budget, (limits.read or 0.0) + (limits.connect or 0.0))):
+            async with asyncio.timeout(budget):
                 response = await self._client.send(request, stream=True)
                 try:
                     return await buffered(response, cap)
@@ -478,7 +479,13 @@ class ProviderHTTP:
             last = attempt == attempts - 1
             try:
                 response = await self._send(
-                    method, target, json=json, headers=self._auth, limits=self.timeout, cap=self.max_body
+                    method,
+                    target,
+                    json=json,
+                    headers=self._auth,
+                    limits=self.timeout,
+                    cap=self.max_body,
+                    budget=self.budget,
                 )
             except BodyTooLarge:
                 self._too_large(method, target, self.max_body)
@@ -533,6 +540,8 @@ class ProviderHTTP:
             )
         )
         sent_headers = {**(headers or {}), **self._auth}
+        # A held create (sync mode) may rightly take its whole read timeout to answer.
+        budget = self.budget if read_timeout is None else max(self.budget, read_timeout + (timeout.connect or 0.0))
         attempts = max(1, self.retry.attempts)
         for attempt in range(attempts):
             attempt_seen = _CREATE.get()
@@ -540,7 +549,8 @@ class ProviderHTTP:
                 attempt_seen.sent = True
             try:
                 response = await self._send(
-                    "POST", target, json=dict(body), headers=sent_headers, limits=timeout, cap=self.max_create_body
+                    "POST", target, json=dict(body), headers=sent_headers, limits=timeout, cap=self.max_create_body,
+                    budget=budget,
                 )
             except BodyTooLarge:
                 self._too_large("POST", target, self.max_create_body)
