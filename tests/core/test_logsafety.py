@@ -29,7 +29,8 @@ def captured() -> Iterator[io.StringIO]:
     handler = logging.StreamHandler(stream)
     root = logging.getLogger()
     old_level = root.level
-    old_levels = {name: logging.getLogger(name).level for name in (*logsafety.WIRE_LOGGERS, "httpx")}
+    old_levels = {name: logging.getLogger(name).level for name in (*logsafety.WIRE_LOGGERS, "httpx", "bot")}
+    logging.getLogger("bot").setLevel(logging.NOTSET)  # an in-process CLI test may have quietened it
     root.addHandler(handler)
     root.setLevel(logging.DEBUG)
     logsafety.install("DEBUG")
