@@ -123,6 +123,7 @@ class BotRig:
                 "REPLICATE_BASE_URL": str(self.replicate_proc.info["base_url"]),
                 "REPLICATE_MAX_CONCURRENCY": "200",
                 "DEFAULT_PROVIDER": "replicate",
+                "ALLOW_PRIVATE_DOWNLOADS": "true",  # the fake serves results from 127.0.0.1
             }
         )
         self.bot: FillBot = create_bot(settings, edit_interval=EDIT_INTERVAL)

@@ -174,6 +174,7 @@ async def measure(durations: list[float], reps: int) -> dict[str, Any]:
                 "REPLICATE_API_TOKEN": str(fake.info["token"]),
                 "REPLICATE_BASE_URL": str(fake.info["base_url"]),
                 "DATABASE_PATH": str(Path(tmp) / "bench.db"),
+                "ALLOW_PRIVATE_DOWNLOADS": "true",  # the fake serves results from 127.0.0.1
             }
         )
         async with FillService(settings) as service, await Storage.open(settings.database_path) as storage:

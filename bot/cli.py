@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bot import __version__
+from bot import __version__, logsafety
 from bot.config import Settings, load_settings
 from bot.errors import ConfigError, UserError
 from bot.lifecycle.sink import Ending, Progress, Receipt
@@ -185,6 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"fillbot: configuration error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logsafety.install(settings.log_level)
     if args.command in ("fill", "edit", "resume") and settings.log_level != "DEBUG":
         # A terminal job prints its own progress; per-request lines from the HTTP clients would drown it.
         for name in ("httpx", "httpcore", "bot"):

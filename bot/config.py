@@ -99,6 +99,7 @@ class Settings:
     job_lease: float = 30.0  # seconds a dead process's jobs wait before another process takes them over
     web: WebSettings | None = None
     rules: OperatorRules = OperatorRules()
+    allow_private_downloads: bool = False  # fetch results from loopback/private hosts (local set-ups, tests)
 
     @property
     def available_providers(self) -> tuple[str, ...]:
@@ -156,6 +157,17 @@ class _Reader:
             raise ConfigError(f"{name}={value} is out of range (allowed: {minimum}–{maximum}).")
         return value
 
+    def flag(self, name: str, default: bool) -> bool:
+        raw = self.text(name)
+        if raw is None:
+            return default
+        lowered = raw.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name}={raw!r} is not true or false (allowed: true, false, 1, 0, yes, no, on, off).")
+
     def secret(self, name: str) -> Secret | None:
         raw = self.text(name)
         if raw is None:
@@ -173,16 +185,6 @@ class _Reader:
         if parts.query or parts.fragment:
             raise ConfigError(f"{name}={raw!r} must not have a query or fragment (example: {default}).")
         return raw.rstrip("/")
-
-    def flag(self, name: str, default: bool) -> bool:
-        raw = self.text(name)
-        if raw is None:
-            return default
-        if raw.lower() in ("1", "true", "yes", "on"):
-            return True
-        if raw.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"{name}={raw!r} is not a yes/no value (allowed: true, false, 1, 0, yes, no, on, off).")
 
     def providers(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
         raw = self.text(name)
@@ -310,6 +312,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, env_file: str | os.Pa
         log_level=log_level,
         dev_guild_id=int(guild) if guild else None,
         job_lease=read.number("JOB_LEASE_SECONDS", 30.0, minimum=0.2, maximum=600.0),
+        allow_private_downloads=read.flag("ALLOW_PRIVATE_DOWNLOADS", False),
         web=_web_settings(read),
         rules=_operator_rules(read),
     )

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 # Provider outputs are pictures of a few MB at most; anything far larger is refused while streaming.
 MAX_OUTPUT_BYTES = 50 * 1024 * 1024
+MAX_DOWNLOAD_SECONDS = 120.0  # one result file's whole download, within JOB_DEADLINE
 
 T = TypeVar("T")
 
@@ -61,7 +62,11 @@ class FillService:
         # also queued the DNS lookups aiohttp and httpx run in that pool behind seconds of image work.
         self._pictures = ThreadPoolExecutor(max_workers=_cpu_count(), thread_name_prefix="fillbot-pictures")
         self.limits = Limits(max_bytes=settings.max_attachment_bytes, max_pixels=settings.max_image_pixels)
-        self.downloader = Downloader(max_bytes=MAX_OUTPUT_BYTES)
+        self.downloader = Downloader(
+            max_bytes=MAX_OUTPUT_BYTES,
+            deadline=min(settings.job_deadline, MAX_DOWNLOAD_SECONDS),
+            allow_private=settings.allow_private_downloads,
+        )
         self.providers = dict(providers) if providers is not None else build_providers(settings, self.downloader)
 
     async def __aenter__(self) -> FillService:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import discord
 
@@ -105,10 +107,34 @@ def failure_embed(
     return embed
 
 
+# Query parameter names that carry credentials (Hugging Face and Civitai tokens, signed-URL signatures).
+_CREDENTIAL_QUERY = re.compile(
+    r"token|key|auth|sig|signature|secret|password|credential|session|x-amz-.*|x-goog-.*", re.IGNORECASE
+)
+
+
+def without_credentials(value: Value) -> Value:
+    """A URL-valued parameter with its userinfo and credential-like query values removed; anything else as is.
+    The Info button shows parameters to anyone in the channel, and a LoRA URL may carry its owner's token."""
+    if not isinstance(value, str) or "://" not in value:
+        return value
+    try:
+        parts = urlsplit(value.strip())
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "(a link)"
+    if ":" in host:
+        host = f"[{host}]"
+    query = urlencode([(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
+                       if not _CREDENTIAL_QUERY.fullmatch(k)])
+    return urlunsplit((parts.scheme, host + port, parts.path, query, ""))
+
+
 def parameters_text(request: FillRequest | EditRequest, extra: Mapping[str, Value] | None = None) -> str:
-    """Every parameter of a job, for the Info button (fits one ephemeral message)."""
+    """Every parameter of a job, for the Info button (fits one ephemeral message); URLs without credentials."""
     lines = [f"**Model:** {request.spec.label} (`{request.spec.model}`)"]
-    lines.extend(f"**{name}:** `{value}`" for name, value in sorted(request.params.items()))
+    lines.extend(f"**{name}:** `{without_credentials(value)}`" for name, value in sorted(request.params.items()))
     if isinstance(request, FillRequest):
         mask = request.mask
         lines.append(f"**mask:** region=`{mask.region}` invert=`{mask.invert}` grow=`{mask.grow}` "

@@ -10,14 +10,18 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import email.utils
+import ipaddress
 import json
 import logging
 import math
 import random
 import re
+import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -35,8 +39,18 @@ RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0, write=60.0)
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _MESSAGE_CAP = 300
+MAX_BODY_BYTES = 2 * 1024 * 1024  # a status answer is a few KB of JSON
+MAX_CREATE_BODY_BYTES = 64 * 1024 * 1024  # a held create may carry its finished pictures inline as data: URIs
+_ERROR_BODY_CAP = 64 * 1024
+_REQUEST_BUDGET = 120.0  # seconds one attempt may take in all, however slowly the bytes arrive
+_WIRE_HEADERS = frozenset({"content-encoding", "content-length", "transfer-encoding"})
 _URL_RE = re.compile(r"(?:https?|ftp|wss?)://\S+|www\.\S+", re.IGNORECASE)
-_SECRET_RE = re.compile(r"(Bearer|Token|x-key)\s+\S+|\br8_[A-Za-z0-9]+|whsec_[A-Za-z0-9+/=]+", re.IGNORECASE)
+_SECRET_RE = re.compile(
+    r"\b(Bearer|Token|x-key|Authorization)(\s*[:=]\s*|\s+)(Bearer\s+|Token\s+|Key\s+)?[^\s,;&\"']+"
+    r"|\b(token|key|api_key|apikey|signature|sig|secret|password)=[^\s&\"']+"
+    r"|\br8_[A-Za-z0-9]+|whsec_[A-Za-z0-9+/=]+",
+    re.IGNORECASE,
+)
 _CONTENT_POLICY_CODES = frozenset({"content_policy_violation"})
 _RESETS_IN_RE = re.compile(
     r"resets?\s+in\s+~?\s*(\d+(?:\.\d+)?)\s*(ms|s|sec|secs|seconds?|m|min|minutes?)?\b", re.IGNORECASE
@@ -137,7 +151,7 @@ def _parse_body(response: httpx.Response) -> Any:
         return None
     try:
         return json.loads(content)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError; deep nesting hits the C stack guard
         return None
 
 
@@ -301,6 +315,51 @@ def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
     return url.scheme, url.host, url.port or _DEFAULT_PORTS.get(url.scheme)
 
 
+def _mb(n: int) -> str:
+    return f"{n / (1024 * 1024):g}"
+
+
+@dataclass
+class CreateAttempt:
+    """Whether a create request has been handed to the network (from then on a failure may leave a billed job)."""
+
+    sent: bool = False
+
+
+_CREATE: ContextVar[CreateAttempt | None] = ContextVar("fillbot_create_attempt", default=None)
+
+
+@contextlib.contextmanager
+def watch_create() -> Iterator[CreateAttempt]:
+    """Notes whether `ProviderHTTP.post_json` sent a create within the block (same task), so a failure around it
+    can say truthfully whether the job may exist."""
+    attempt = CreateAttempt()
+    token = _CREATE.set(attempt)
+    try:
+        yield attempt
+    finally:
+        _CREATE.reset(token)
+
+
+class BodyTooLarge(Exception):
+    """A response body went past its cap while streaming (the rest was never read)."""
+
+
+async def buffered(response: httpx.Response, cap: int) -> httpx.Response:
+    """A streamed response read into memory, at most `cap` decoded bytes (BodyTooLarge past it; a declared
+    length past it fails before reading). The copy drops the transfer headers that described the wire bytes."""
+    declared = response.headers.get("content-length", "")
+    if declared.isdecimal() and len(declared) < 20 and int(declared) > cap:
+        raise BodyTooLarge
+    body = bytearray()
+    async for chunk in response.aiter_bytes():
+        body += chunk
+        if len(body) > cap:
+            raise BodyTooLarge
+    headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in _WIRE_HEADERS]
+    return httpx.Response(response.status_code, headers=headers, content=bytes(body), request=response.request)
+
+
 class ProviderHTTP:
     """One long-lived httpx.AsyncClient per provider. Credentials are attached per request and ONLY for trusted
     hosts, so a URL taken from a response can never carry the key elsewhere."""
@@ -315,8 +374,14 @@ class ProviderHTTP:
         timeout: httpx.Timeout | None = None,
         retry: RetryPolicy = RetryPolicy(),
         transport: httpx.AsyncBaseTransport | None = None,
+        max_body: int = MAX_BODY_BYTES,
+        max_create_body: int = MAX_CREATE_BODY_BYTES,
+        budget: float = _REQUEST_BUDGET,
     ) -> None:
         self.label = label
+        self.max_body = max_body
+        self.max_create_body = max_create_body
+        self.budget = budget
         self.base_url = httpx.URL(base_url.rstrip("/"))
         if self.base_url.scheme not in ("http", "https") or not self.base_url.host:
             raise ValueError(f"{label}: base URL must be an absolute http(s) URL")
@@ -374,6 +439,34 @@ class ProviderHTTP:
             raise _not_json(self.label)
         return body
 
+    async def _send(
+        self,
+        method: str,
+        url: httpx.URL,
+        *,
+        json: Any,
+        headers: Mapping[str, str],
+        limits: httpx.Timeout,
+        cap: int,
+        budget: float,
+    ) -> httpx.Response:
+        """One request, its body read into memory up to `cap` bytes and within `budget` seconds in all, so a
+        hostile or broken server can neither fill memory nor hold the job by dripping bytes. Running out of
+        time counts as an httpx read timeout."""
+        request = self._client.build_request(method, url, json=json, headers=dict(headers), timeout=limits)
+        try:
+            async with asyncio.timeout(budget):
+                response = await self._client.send(request, stream=True)
+                try:
+                    return await buffered(response, cap)
+                finally:
+                    await response.aclose()
+        except TimeoutError:
+            raise httpx.ReadTimeout("the whole answer took too long", request=request) from None
+
+    def _too_large(self, method: str, url: httpx.URL, cap: int) -> None:
+        log.warning("%s %s %s: answer larger than %s MB, not read", self.label, method, url.path, _mb(cap))
+
     async def get_json(self, url: str | httpx.URL) -> Any:
         """GET with retries on 429/5xx/timeouts/resets; refuses untrusted absolute URLs before sending."""
         return await self.request_json("GET", url, retry=True)
@@ -385,7 +478,18 @@ class ProviderHTTP:
         for attempt in range(attempts):
             last = attempt == attempts - 1
             try:
-                response = await self._client.request(method, target, json=json, headers=self._auth)
+                response = await self._send(
+                    method,
+                    target,
+                    json=json,
+                    headers=self._auth,
+                    limits=self.timeout,
+                    cap=self.max_body,
+                    budget=self.budget,
+                )
+            except BodyTooLarge:
+                self._too_large(method, target, self.max_body)
+                raise ProviderError("bad_response", f"{self.label} sent an answer far larger than expected.") from None
             except (httpx.TimeoutException, httpx.TransportError) as exc:
                 log.info(
                     "%s %s %s: %s (attempt %d/%d)",
@@ -436,10 +540,21 @@ class ProviderHTTP:
             )
         )
         sent_headers = {**(headers or {}), **self._auth}
+        # A held create (sync mode) may rightly take its whole read timeout to answer.
+        budget = self.budget if read_timeout is None else max(self.budget, read_timeout + (timeout.connect or 0.0))
         attempts = max(1, self.retry.attempts)
         for attempt in range(attempts):
+            attempt_seen = _CREATE.get()
+            if attempt_seen is not None:
+                attempt_seen.sent = True
             try:
-                response = await self._client.post(target, json=dict(body), headers=sent_headers, timeout=timeout)
+                response = await self._send(
+                    "POST", target, json=dict(body), headers=sent_headers, limits=timeout, cap=self.max_create_body,
+                    budget=budget,
+                )
+            except BodyTooLarge:
+                self._too_large("POST", target, self.max_create_body)
+                raise maybe_submitted(self.label, "sent a reply far larger than expected") from None
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
                 # Nothing was sent: safe to report as a plain outage.
                 raise _transport_error(self.label, exc) from exc
@@ -469,46 +584,116 @@ class ProviderHTTP:
         await self._client.aclose()
 
 
-def _mb(n: int) -> str:
-    return f"{n / (1024 * 1024):g}"
+# Addresses no result file lives at, allowed or not: cloud instance-metadata services (AWS/GCP/Azure/OpenStack,
+# ECS task metadata, Alibaba), whose answers carry machine credentials.
+_METADATA = frozenset(
+    ipaddress.ip_address(a) for a in ("169.254.169.254", "169.254.170.2", "100.100.100.200", "fd00:ec2::254")
+)
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+MSG_REFUSED_ADDRESS = (
+    "The provider pointed the bot at a result address it does not fetch from, so the result was not downloaded. "
+    "The job finished at the provider, so it may be charged."
+)
+
+
+def address_refused(address: str, *, allow_private: bool) -> bool:
+    """True when a download must not connect to `address`: metadata services always; loopback, private,
+    link-local, shared, reserved and multicast addresses unless `allow_private` (local set-ups and tests)."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])  # a link-local scope id changes nothing here
+    except ValueError:
+        return True
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        elif ip in _NAT64:
+            ip = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    if ip in _METADATA:
+        return True
+    return not allow_private and (not ip.is_global or ip.is_multicast)
+
+
+class ByteBudget:
+    """The bytes one job's downloads may still take together, shared by its outputs' concurrent downloads."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.remaining = total
+
+    def take(self, size: int) -> None:
+        self.remaining -= size
+        if self.remaining < 0:
+            raise ProviderError(
+                "bad_response",
+                f"The provider's result files are larger than the {_mb(self.total)} MB limit per job, so the "
+                "bot stopped downloading them. The job finished at the provider, so it may be charged.",
+            )
 
 
 class Downloader:
     """Fetches output files with a separate client that has NO credentials, capped in size (streamed, aborts
-    past the cap), so a file host never sees a key and a hostile URL cannot exhaust memory."""
+    past the cap) and in time, so a file host never sees a key and a hostile URL cannot exhaust memory or hold a
+    job. Provider-given URLs are untrusted: each hop's host is resolved here and the connection goes to the
+    address that was checked (no second lookup a rebinding DNS server could answer differently); redirects are
+    followed by hand, re-checked, at most `max_redirects` times."""
 
     def __init__(
         self,
         *,
         max_bytes: int,
+        max_job_bytes: int | None = None,
+        deadline: float = 120.0,
+        allow_private: bool = False,
+        max_redirects: int = 5,
         timeout: httpx.Timeout | None = None,
         retry: RetryPolicy = RetryPolicy(),
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.max_bytes = max_bytes
+        self.max_job_bytes = max_job_bytes or max_bytes
+        self.deadline = deadline
+        self.allow_private = allow_private
+        self.max_redirects = max_redirects
         self.retry = retry
-        # Redirects are safe to follow here: this client carries no credentials.
+        # No keep-alive: connections are made to a checked address with the file host's name for TLS, and a
+        # pooled connection must never serve another host name that happens to share the address.
         self._client = httpx.AsyncClient(
             timeout=timeout or DEFAULT_TIMEOUT,
             transport=transport,
-            follow_redirects=True,
+            follow_redirects=False,
+            limits=httpx.Limits(max_keepalive_connections=0),
             headers={"User-Agent": USER_AGENT},
         )
 
-    def _too_big(self) -> ProviderError:
-        return ProviderError("bad_response", f"The result file is larger than the {_mb(self.max_bytes)} MB limit.")
+    def new_budget(self) -> ByteBudget:
+        return ByteBudget(self.max_job_bytes)
 
-    async def fetch(self, ref: str) -> bytes:
-        """Bytes of an http(s) URL, a `data:` URI or naked base64 (WaveSpeed's base64 output)."""
+    def _too_big(self) -> ProviderError:
+        return ProviderError(
+            "bad_response",
+            f"The result file is larger than the {_mb(self.max_bytes)} MB limit, so the bot stopped downloading it. "
+            "The job finished at the provider, so it may be charged.",
+        )
+
+    async def fetch(self, ref: str, budget: ByteBudget | None = None) -> bytes:
+        """Bytes of an http(s) URL, a `data:` URI or naked base64 (WaveSpeed's base64 output); `budget` is the
+        job's shared byte allowance (a fresh one when None)."""
+        budget = budget or self.new_budget()
         ref = ref.strip()
         lowered = ref[:8].lower()
         if lowered.startswith(("http://", "https://")):
-            return await self._fetch_url(ref)
-        if lowered.startswith("data:"):
-            return self._decode_data_uri(ref)
-        if "://" in ref[:16]:
-            raise ProviderError("bad_response", "The provider returned a result address the bot cannot fetch.")
-        return self._decode_base64(ref)
+            data = await self._fetch_url(ref, budget)
+        elif lowered.startswith("data:"):
+            data = self._decode_data_uri(ref)
+            budget.take(len(data))
+        elif "://" in ref[:16]:
+            log.warning("download: refusing a result address with scheme %r", ref.partition(":")[0][:16])
+            raise ProviderError("bad_response", MSG_REFUSED_ADDRESS)
+        else:
+            data = self._decode_base64(ref)
+            budget.take(len(data))
+        return data
 
     def _decode_base64(self, text: str) -> bytes:
         compact = "".join(text.split())
@@ -537,21 +722,38 @@ class Downloader:
             raise self._too_big()
         return data
 
-    async def _fetch_url(self, url: str) -> bytes:
+    async def _fetch_url(self, url: str, budget: ByteBudget) -> bytes:
+        """The whole download, retries included, within `deadline`: a server that drips bytes slower than the
+        read timeout notices cannot hold the job or its provider slot."""
+        try:
+            async with asyncio.timeout(self.deadline):
+                return await self._fetch_with_retries(url, budget)
+        except TimeoutError:
+            log.info("download: stopped after the %.0f s deadline", self.deadline)
+            raise ProviderError(
+                "timed_out",
+                f"The result file took longer than {wait_text(self.deadline).removeprefix('about ')} to download, "
+                "so the bot stopped. The job finished at the provider, so it may be charged.",
+            ) from None
+
+    async def _fetch_with_retries(self, url: str, budget: ByteBudget) -> bytes:
         attempts = max(1, self.retry.attempts)
         for attempt in range(attempts):
             last = attempt == attempts - 1
             try:
-                async with self._client.stream("GET", url) as response:
+                response = await self._open(url)
+                try:
                     status = response.status_code
                     if status in (401, 403, 404, 410):
                         raise ProviderError(
                             "expired",
                             "The result file is no longer available (the provider deletes results after a while).",
                         )
+                    wait = None
                     if status == 429:  # the only error body worth reading: it may carry a wait hint
-                        await response.aread()
-                    wait = retry_after(response) if status in RETRY_STATUSES else None
+                        wait = retry_after(await buffered(response, _ERROR_BODY_CAP))
+                    elif status in RETRY_STATUSES:
+                        wait = retry_after(response)
                     delay = self.retry.delay(attempt, wait) if status in RETRY_STATUSES else None
                     if delay is not None and not last:
                         log.info("download: HTTP %d, retrying in %.2f s", status, delay)
@@ -566,28 +768,84 @@ class Downloader:
                     if not response.is_success:
                         raise ProviderError("failed", f"The result file could not be downloaded (HTTP {status}).")
                     declared = response.headers.get("content-length", "")
-                    if declared.isdigit() and int(declared) > self.max_bytes:
+                    if declared.isdecimal() and len(declared) < 20 and int(declared) > self.max_bytes:
                         raise self._too_big()
-                    chunks: list[bytes] = []
-                    size = 0
-                    async for chunk in response.aiter_bytes():
-                        size += len(chunk)
-                        if size > self.max_bytes:
-                            raise self._too_big()
-                        chunks.append(chunk)
+                    data = await self._read_capped(response, budget)
+                finally:
+                    await response.aclose()
             except (httpx.TimeoutException, httpx.TransportError) as exc:
                 log.info("download: %s (attempt %d/%d)", type(exc).__name__, attempt + 1, attempts)
                 if last:
                     raise ProviderError(
-                        "unavailable", "The result file could not be downloaded; try again in a few minutes."
+                        "unavailable",
+                        "The result file could not be downloaded. The job finished at the provider, so it may be "
+                        "charged.",
                     ) from exc
                 await asyncio.sleep(self.retry.backoff(attempt))
                 continue
-            data = b"".join(chunks)
             if not data:
                 raise ProviderError("bad_response", "The provider returned an empty result file.")
             return data
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _read_capped(self, response: httpx.Response, budget: ByteBudget) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > self.max_bytes:
+                raise self._too_big()
+            budget.take(len(chunk))
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _open(self, url: str) -> httpx.Response:
+        """GET `url`, following up to `max_redirects` redirects, every hop checked; the caller closes it."""
+        try:
+            target = httpx.URL(url)
+        except httpx.InvalidURL:
+            raise ProviderError("bad_response", "The provider returned a result address the bot cannot use.") from None
+        for _ in range(self.max_redirects + 1):
+            request = await self._pinned(target)
+            response = await self._client.send(request, stream=True)
+            location = response.headers.get("location") if response.status_code in _REDIRECTS else None
+            if location is None:
+                return response
+            await response.aclose()
+            try:
+                target = target.join(location)
+            except httpx.InvalidURL:
+                raise ProviderError("bad_response", MSG_REFUSED_ADDRESS) from None
+        log.warning("download: more than %d redirects", self.max_redirects)
+        raise ProviderError(
+            "bad_response",
+            "The result file's address redirected too many times, so the bot stopped following it. The job "
+            "finished at the provider, so it may be charged.",
+        )
+
+    async def _pinned(self, url: httpx.URL) -> httpx.Request:
+        """A request for `url` that connects to an address checked here: the host is resolved once (off the event
+        loop), every address it has must be allowed, and the URL is rewritten to the first one, keeping the host
+        name for the Host header and TLS (SNI and certificate checks)."""
+        if url.scheme not in ("http", "https") or not url.host:
+            log.warning("download: refusing a result address with scheme %r", url.scheme[:16])
+            raise ProviderError("bad_response", MSG_REFUSED_ADDRESS)
+        host = url.raw_host.decode("ascii")
+        port = url.port or _DEFAULT_PORTS[url.scheme]
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError) as exc:
+            raise httpx.ConnectError(f"cannot resolve the file host: {type(exc).__name__}") from exc
+        addresses = [str(info[4][0]) for info in infos]
+        refused = [a for a in addresses if address_refused(a, allow_private=self.allow_private)]
+        if refused or not addresses:
+            log.warning("download: refusing host %r, which resolves to %s", host, ", ".join(refused) or "nothing")
+            raise ProviderError("bad_response", MSG_REFUSED_ADDRESS)
+        address = addresses[0].split("%", 1)[0]
+        pinned = url.copy_with(host=address, username=None, password=None)
+        extensions = {"sni_hostname": host} if url.scheme == "https" else {}
+        return self._client.build_request("GET", pinned, headers={"Host": url.netloc.decode("ascii")},
+                                          extensions=extensions)
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -85,7 +85,7 @@ def test_missing_file_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> No
 async def test_replicate_fill_in_a_subprocess_against_the_fake(tmp_path: Path) -> None:
     async with FakeReplicate(duration=0.3) as fake:
         env = {**os.environ, "REPLICATE_API_TOKEN": fake.token, "REPLICATE_BASE_URL": fake.base_url,
-               "POLL_INTERVAL": "0.05"}
+               "POLL_INTERVAL": "0.05", "ALLOW_PRIVATE_DOWNLOADS": "true"}
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "bot", "fill", str(COFFEE), "--mask", str(COFFEE_MASK), "--prompt", "a red vase",
             "--outputs", "2", "-o", str(tmp_path / "out"), env=env, cwd=tmp_path,
@@ -117,7 +117,7 @@ async def test_interrupted_fill_is_resumed_without_a_second_create(tmp_path: Pat
     """Ctrl-C while the provider runs the job, then `fillbot resume`: the job is polled, never sent again."""
     async with FakeReplicate(duration=3.0, honour_wait=False) as fake:
         env = {**os.environ, "REPLICATE_API_TOKEN": fake.token, "REPLICATE_BASE_URL": fake.base_url,
-               "POLL_INTERVAL": "0.05", "JOB_LEASE_SECONDS": "0.5"}
+               "POLL_INTERVAL": "0.05", "JOB_LEASE_SECONDS": "0.5", "ALLOW_PRIVATE_DOWNLOADS": "true"}
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "bot", "fill", str(COFFEE), "--mask", str(COFFEE_MASK), "--prompt", "a red vase",
             "-o", str(tmp_path / "out"), env=env, cwd=tmp_path,

@@ -41,7 +41,7 @@ def test_keys_make_providers_available_and_aggregator_is_just_a_base_url() -> No
         ({"LOG_LEVEL": "loud"}, ["LOG_LEVEL", "DEBUG"]),
         ({"BFL_API_KEY": "two words"}, ["BFL_API_KEY", "white space"]),
         ({"DISCORD_DEV_GUILD_ID": "abc"}, ["DISCORD_DEV_GUILD_ID", "digits"]),
-        ({"DM_ENABLED": "maybe"}, ["DM_ENABLED", "yes/no"]),
+        ({"DM_ENABLED": "maybe"}, ["DM_ENABLED", "true or false"]),
         ({"DM_PROVIDERS": "local midjourney"}, ["DM_PROVIDERS", "midjourney", "replicate, bfl, wavespeed, local"]),
         ({"MEMBER_DAILY_QUOTA": "-1"}, ["MEMBER_DAILY_QUOTA", "out of range"]),
         ({"MAX_QUEUED_PER_MEMBER": "ten"}, ["MAX_QUEUED_PER_MEMBER", "whole number"]),

@@ -93,7 +93,7 @@ class Process:
 
 def settings_for(db: Path, **env: str) -> Settings:
     return load_settings({"DATABASE_PATH": str(db), "POLL_INTERVAL": "0.05", "JOB_DEADLINE": "30",
-                          "JOB_LEASE_SECONDS": "0.6", **env})
+                          "JOB_LEASE_SECONDS": "0.6", "ALLOW_PRIVATE_DOWNLOADS": "true", **env})
 
 
 LONG_LEASE = "2.0"  # for tests where a busy machine must not make a live process miss a renewal

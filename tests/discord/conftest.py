@@ -39,7 +39,8 @@ def mask_for(width: int = 640, height: int = 480) -> bytes:
 
 
 def settings_for(tmp_path: Path, **env: str) -> Settings:
-    base = {"DATABASE_PATH": str(tmp_path / "fillbot.db"), "POLL_INTERVAL": "0.02", "JOB_DEADLINE": "30"}
+    base = {"DATABASE_PATH": str(tmp_path / "fillbot.db"), "POLL_INTERVAL": "0.02", "JOB_DEADLINE": "30",
+            "ALLOW_PRIVATE_DOWNLOADS": "true"}  # the fakes serve results from 127.0.0.1
     return load_settings({**base, **env})
 
 

@@ -34,7 +34,7 @@ def job_env(fake: FakeReplicate, tmp_path: Path, **extra: str) -> dict[str, str]
     return {
         "DATABASE_PATH": str(tmp_path / "fillbot.db"), "POLL_INTERVAL": "0.05", "JOB_DEADLINE": "60",
         "JOB_LEASE_SECONDS": LEASE, "REPLICATE_API_TOKEN": fake.token, "REPLICATE_BASE_URL": fake.base_url,
-        **extra,
+        "ALLOW_PRIVATE_DOWNLOADS": "true", **extra,
     }
 
 

@@ -121,7 +121,7 @@ async def bfl_bot_with_timeout(tmp_path: Path) -> AsyncIterator[BotWith]:
 
     def build(fake: FakeBFL, read_timeout: float) -> FillBot:
         settings = settings_for(tmp_path, BFL_API_KEY=fake.key, BFL_BASE_URL=fake.base_url)
-        downloader = Downloader(max_bytes=MAX_OUTPUT_BYTES)
+        downloader = Downloader(max_bytes=MAX_OUTPUT_BYTES, allow_private=True)
         downloaders.append(downloader)
         bfl = BFLProvider(
             settings.providers["bfl"], downloader, timeout=httpx.Timeout(read_timeout, connect=2.0),

@@ -66,7 +66,7 @@ async def fake() -> AsyncIterator[FakeBFL]:
 
 @pytest.fixture
 async def downloader() -> AsyncIterator[Downloader]:
-    dl = Downloader(max_bytes=1_000_000, retry=FAST_RETRY, timeout=httpx.Timeout(2.0))
+    dl = Downloader(max_bytes=1_000_000, allow_private=True, retry=FAST_RETRY, timeout=httpx.Timeout(2.0))
     yield dl
     await dl.aclose()
 

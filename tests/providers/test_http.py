@@ -637,7 +637,7 @@ def test_backoff_is_exponential_jittered_and_capped() -> None:
 
 @pytest.fixture
 async def downloader() -> AsyncIterator[Downloader]:
-    dl = Downloader(max_bytes=1000, timeout=httpx.Timeout(0.5), retry=FAST)
+    dl = Downloader(max_bytes=1000, allow_private=True, timeout=httpx.Timeout(0.5), retry=FAST)
     yield dl
     await dl.aclose()
 

@@ -54,7 +54,7 @@ def raw_job(spec: ModelSpec, params: Mapping[str, Value]) -> ProviderJob:
 
 @pytest.fixture
 async def downloader() -> AsyncIterator[Downloader]:
-    dl = Downloader(max_bytes=20 * 1024 * 1024, timeout=httpx.Timeout(2.0), retry=FAST)
+    dl = Downloader(max_bytes=20 * 1024 * 1024, allow_private=True, timeout=httpx.Timeout(2.0), retry=FAST)
     yield dl
     await dl.aclose()
 
@@ -482,8 +482,10 @@ async def test_oversized_body_gets_a_helpful_message(make: Any) -> None:
 async def test_fill_without_mask_is_refused_before_sending(make: Any) -> None:
     rig = await make()
     job = ProviderJob(REPLICATE_FILL, "x", REPLICATE_FILL.resolve({}), IMAGE, None)
-    with pytest.raises(ValueError):
+    with pytest.raises(ProviderError) as info:  # a bug on our side, typed and truthful: nothing was sent
         await rig.provider.submit(job)
+    assert info.value.kind == "failed" and "nothing was charged" in info.value.message
+    assert isinstance(info.value.__cause__, ValueError)
     assert rig.fake.requests == []
 
 
@@ -600,7 +602,7 @@ async def test_download_retries_cdn_faults_and_respects_size_cap(make: Any) -> N
     rig.fake.faults.files.extend([Fault.error(503), Fault.reset()])
     assert (await rig.provider.download(status.outputs[0])).startswith(b"\x89PNG")
     assert len(rig.fake.cdn_requests) == 3
-    small = Downloader(max_bytes=100, retry=FAST)
+    small = Downloader(max_bytes=100, allow_private=True, retry=FAST)
     provider = ReplicateProvider(rig.fake.provider_settings(), small, retry=FAST)
     try:
         error = await _raises(provider.download(status.outputs[0]))

@@ -59,7 +59,7 @@ async def fake() -> AsyncIterator[FakeWaveSpeed]:
 
 @pytest.fixture
 async def downloader() -> AsyncIterator[Downloader]:
-    dl = Downloader(max_bytes=2_000_000, retry=FAST_RETRY, timeout=httpx.Timeout(2.0))
+    dl = Downloader(max_bytes=2_000_000, allow_private=True, retry=FAST_RETRY, timeout=httpx.Timeout(2.0))
     yield dl
     await dl.aclose()
 
