@@ -9,6 +9,7 @@ import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -163,17 +164,44 @@ async def test_without_the_web_side_paint_opens_a_modal_with_a_file_upload(make_
             "fill", {"prompt": "a vase"},
             attachments={"image": ("photo.png", photo(), "image/png"), "mask": ("mask.png", mask_for(), "image/png")},
         )))
-        opened = await h.dispatch(h.component(f"fill:paint:{job_id_of(first)}:0", first.id))
-        modal = h.fake.interaction(opened.token).modal
-        assert modal is not None
+
+        async def open_modal() -> dict[str, Any]:  # a modal is answered once: each try opens a new one
+            opened = await h.dispatch(h.component(f"fill:paint:{job_id_of(first)}:0", first.id))
+            modal = h.fake.interaction(opened.token).modal
+            assert modal is not None
+            return modal
+
+        modal = await open_modal()
         kinds = {top["label"]: top["component"]["type"] for top in modal["components"]}
         assert kinds["Mask, or this picture with holes"] == 19  # Discord's file upload component
         nothing = await h.dispatch(h.modal_submit(modal["custom_id"], {"paint:prompt": "a lily"},
                                                   message_id=first.id))
         assert "Attach a mask" in await h.wait_for(lambda: h.ephemeral_text(nothing), message="refusal")
+        modal = await open_modal()
         submitted = await h.dispatch(h.modal_submit(
             modal["custom_id"], {"paint:prompt": "a lily", "paint:region": "10%,10%,30%,30%"}, message_id=first.id,
         ))
         second = await final_reply(h, submitted)
         assert second.embeds[0]["title"].startswith("✅") and second.embeds[0]["description"] == "a lily"
+
+        modal = await open_modal()
+        masked = await h.dispatch(h.modal_submit(
+            modal["custom_id"], {"paint:prompt": "a rose"}, message_id=first.id,
+            files={"paint:file": ("mask.png", mask_for(), "image/png")},
+        ))
+        third = await final_reply(h, masked)
+        assert third.embeds[0]["description"] == "a rose"
+        stored = await bot.storage.load_inputs(job_id_of(third))
+        assert stored is not None and stored[0] == first.attachments[0].data  # the result, with the uploaded mask
+        assert decode(stored[1]).getbbox() == decode(mask_for()).getbbox()
+
+        holes = (TESTDATA / "rgba_coffee_ellipse_hole.png").read_bytes()
+        modal = await open_modal()
+        with_holes = await h.dispatch(h.modal_submit(
+            modal["custom_id"], {"paint:prompt": "a cup"}, message_id=first.id,
+            files={"paint:file": ("holes.png", holes, "image/png")},
+        ))
+        fourth = await final_reply(h, with_holes)
+        stored = await bot.storage.load_inputs(job_id_of(fourth))
+        assert stored is not None and stored[0] == holes  # the uploaded picture itself, filled where transparent
         assert not h.errors
