@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 TOKEN_TTL = 15 * 60  # seconds a painter link works
 MAX_MASK_BYTES = 10 * 1024 * 1024  # the whole POST body: the mask PNG and the prompt
 MAX_PROMPT_CHARS = 2000
-MAX_TICKETS = 500  # live links at once: each holds a picture in memory
+MAX_TICKETS = 500  # live links at once
+MAX_HELD_BYTES = 512 * 1024 * 1024  # pictures held for live links, together
 CSP = ("default-src 'self'; img-src 'self' blob: data:; script-src 'self'; style-src 'self'; connect-src 'self'; "
        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'")
 _HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store",
@@ -54,15 +55,19 @@ Starter = Callable[[PaintTicket, bytes, str], Awaitable[str]]
 class PaintStore:
     """Tokens in memory: a restart forgets them, which only costs the member a new link."""
 
-    def __init__(self, *, ttl: float = TOKEN_TTL, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, *, ttl: float = TOKEN_TTL, clock: Callable[[], float] = time.time, max_bytes: int = MAX_HELD_BYTES
+    ) -> None:
         self.ttl = ttl
         self.clock = clock
+        self.max_bytes = max_bytes
         self._tickets: dict[str, PaintTicket] = {}
 
     def issue(self, *, user_id: int, guild_id: int | None, channel_id: int, picture: bytes, content_type: str,
               prompt: str, plan: object) -> str:
         self._purge()
-        if len(self._tickets) >= MAX_TICKETS:
+        held = sum(len(ticket.picture) for ticket in self._tickets.values())
+        if len(self._tickets) >= MAX_TICKETS or held + len(picture) > self.max_bytes:
             raise UserError("Too many painter links are open right now; please try again in a few minutes.")
         token = secrets.token_urlsafe(24)
         self._tickets[token] = PaintTicket(user_id, guild_id, channel_id, picture, content_type, prompt, plan,
@@ -93,8 +98,11 @@ class PaintStore:
     def _purge(self) -> None:
         # Used and expired tokens are kept one more TTL, so they answer "expired" rather than "unknown".
         now = self.clock()
-        for token in [t for t, ticket in self._tickets.items() if now >= ticket.expires_at + self.ttl]:
-            del self._tickets[token]
+        for token, ticket in list(self._tickets.items()):
+            if now >= ticket.expires_at + self.ttl:
+                del self._tickets[token]
+            elif now >= ticket.expires_at and ticket.picture:
+                self._tickets[token] = replace(ticket, picture=b"")  # an expired link needs no picture
 
 
 def _page(title: str, body: str, status: int = 200) -> web.Response:

@@ -149,3 +149,15 @@ async def test_too_many_open_links_are_refused_politely(clock: Clock) -> None:
     with pytest.raises(UserError, match="Too many painter links"):
         store.issue(user_id=1, guild_id=None, channel_id=1, picture=b"", content_type="image/png", prompt="",
                     plan=None)
+
+
+async def test_pictures_held_for_links_are_capped_and_freed_when_links_expire(clock: Clock) -> None:
+    store = PaintStore(clock=clock, max_bytes=1000)
+    store.issue(user_id=1, guild_id=None, channel_id=1, picture=b"x" * 600, content_type="image/png", prompt="",
+                plan=None)
+    with pytest.raises(UserError, match="Too many painter links"):
+        store.issue(user_id=2, guild_id=None, channel_id=1, picture=b"x" * 600, content_type="image/png",
+                    prompt="", plan=None)
+    clock.now += store.ttl
+    store.issue(user_id=2, guild_id=None, channel_id=1, picture=b"x" * 600, content_type="image/png", prompt="",
+                plan=None)
