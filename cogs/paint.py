@@ -24,7 +24,7 @@ from bot.pipeline import Prepared
 from bot.storage import JobRecord
 from bot.web.painter import PaintTicket
 from cogs.errors import SafeModal
-from cogs.jobflow import Admission, Request, flow
+from cogs.jobflow import Admission, Origin, Request, flow
 
 if TYPE_CHECKING:
     from bot.app import FillBot
@@ -68,9 +68,9 @@ def _internal(request: FillRequest, name: str) -> bool:
     return spec is not None and spec.internal
 
 
-def has_holes(data: bytes, limits: Limits) -> bool:
+def has_holes(data: bytes, limits: Limits, what: str) -> bool:
     """Whether a picture says by itself what to fill (transparent parts), like `build_mask` decides."""
-    return load_image(data, limits, what="file").image.mode == "RGBA"
+    return load_image(data, limits, what=what).image.mode == "RGBA"
 
 
 def paint(bot: commands.Bot) -> PaintCog:
@@ -101,12 +101,8 @@ class PaintCog(commands.Cog):
         assert self.bot.web is not None
         await interaction.response.defer(ephemeral=True, thinking=True)
         data = await image.read()
-        if await asyncio.to_thread(has_holes, data, self.bot.service.limits):
-            answer = await self._start_detached(
-                StoredOrigin(interaction.guild_id, interaction.channel_id, interaction.channel,
-                             discord.Object(interaction.user.id)),
-                data, None, prompt, plan,
-            )
+        if await asyncio.to_thread(has_holes, data, self.bot.service.limits, "image"):
+            answer = await self._start_detached(interaction, data, None, prompt, plan)
             await interaction.followup.send(answer, ephemeral=True)
             return
         await self._send_link(interaction, data, image.content_type, prompt, plan,
@@ -131,6 +127,10 @@ class PaintCog(commands.Cog):
         text: str,
     ) -> None:
         assert self.bot.web is not None
+        # The rules that need no mask are applied now too, so nobody paints for a job that cannot run here;
+        # they are applied again when the mask arrives (settings may change meanwhile).
+        await flow(self.bot).admit(interaction, provider=plan.provider, operation="fill", prompt=prompt,
+                                   outputs=plan.options.get("outputs"), lora=plan.options.get("lora"))
         token = self.bot.web.painter.store.issue(
             user_id=interaction.user.id, guild_id=interaction.guild_id, channel_id=interaction.channel_id or 0,
             picture=picture, content_type=content_type or "application/octet-stream", prompt=prompt, plan=plan,
@@ -151,7 +151,7 @@ class PaintCog(commands.Cog):
         return await self._start_detached(origin, ticket.picture, mask, prompt, ticket.plan)
 
     async def _start_detached(
-        self, origin: StoredOrigin, image: bytes, mask: bytes | None, prompt: str, plan: FillPlan
+        self, origin: Origin, image: bytes, mask: bytes | None, prompt: str, plan: FillPlan
     ) -> str:
         jobs = flow(self.bot)
 
@@ -227,7 +227,7 @@ class PaintModal(SafeModal, title="Paint: fill an area again"):
             if upload is None:
                 return await service.prepare_fill(await result.read(), None, request)
             data = await upload.read()
-            if await asyncio.to_thread(has_holes, data, service.limits):
+            if await asyncio.to_thread(has_holes, data, service.limits, "file"):
                 return await service.prepare_fill(data, None, request)  # the picture itself, with holes
             return await service.prepare_fill(await result.read(), data, request)
 

@@ -19,12 +19,12 @@ from importlib import resources
 from aiohttp import BodyPartReader, web
 
 from bot.errors import UserError
+from bot.params import MAX_PROMPT_CHARS
 
 log = logging.getLogger(__name__)
 
 TOKEN_TTL = 15 * 60  # seconds a painter link works
 MAX_MASK_BYTES = 10 * 1024 * 1024  # the whole POST body: the mask PNG and the prompt
-MAX_PROMPT_CHARS = 2000
 MAX_TICKETS = 500  # live links at once
 MAX_HELD_BYTES = 512 * 1024 * 1024  # pictures held for live links, together
 CSP = ("default-src 'self'; img-src 'self' blob: data:; script-src 'self'; style-src 'self'; connect-src 'self'; "

@@ -123,6 +123,12 @@ async def test_the_page_goes_through_the_rules_and_a_refusal_keeps_the_link(make
         reply = await channel_reply(h)
         assert reply.embeds[0]["title"].startswith("✅"), reply.text
 
+        early = await h.dispatch(h.slash("fill", {"prompt": "forbidden fruit"},
+                                         attachments={"image": ("photo.png", photo(), "image/png")}))
+        refusal = await h.wait_for(lambda: h.ephemeral_text(early), message="refusal")
+        assert "does not allow" in refusal and "Paint" not in refusal  # no link for a job that cannot run
+        assert not any(c.get("url") for m in h.followups(early) for c in walk_components(m.components))
+
 
 async def test_a_picture_with_holes_starts_at_once_in_the_channel(make_bot) -> None:
     bot: FillBot = make_bot(**web_env())
