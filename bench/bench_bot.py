@@ -124,6 +124,9 @@ class BotRig:
                 "REPLICATE_MAX_CONCURRENCY": "200",
                 "DEFAULT_PROVIDER": "replicate",
                 "ALLOW_PRIVATE_DOWNLOADS": "true",  # the fake serves results from 127.0.0.1
+                # The load waves put 200 jobs of one server in flight at once: the operator's queue cap (100
+                # waiting by default) would refuse some, and this benchmark measures capacity, not that rule.
+                "MAX_QUEUED_PER_SERVER": "0",
             }
         )
         self.bot: FillBot = create_bot(settings, edit_interval=EDIT_INTERVAL)

@@ -26,7 +26,8 @@ from bot.web.server import WebServer
 log = logging.getLogger(__name__)
 
 # Order matters: the error handler first, then the job flow the command cogs start jobs through.
-EXTENSIONS = ("cogs.errors", "cogs.jobflow", "cogs.buttons", "cogs.fill", "cogs.settings", "cogs.history")
+EXTENSIONS = ("cogs.errors", "cogs.jobflow", "cogs.buttons", "cogs.paint", "cogs.fill", "cogs.settings",
+              "cogs.history")
 
 
 class FillBot(commands.Bot):

@@ -242,6 +242,29 @@ class ReuseModal(SafeModal, title="Use this image as the new input"):
         await _flow(interaction).reuse(interaction, self.record, self.index, self.prompt.value, region)
 
 
+class PaintButton(JobButton, template=r"fill:paint:" + _ID + r":(?P<index>[0-9])"):
+    """Fill an area of result `index` again, painted on the web page or uploaded in a modal (`cogs.paint`)."""
+
+    action = "paint"
+    emoji = "🖌"
+
+    def __init__(self, job_id: str, index: int = 0, label: str = "Paint") -> None:
+        super().__init__(job_id, suffix=f":{index}", label=label)
+        self.index = index
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str]
+    ) -> PaintButton:
+        return cls(match["job"], int(match["index"]))
+
+    async def run(self, interaction: discord.Interaction) -> None:
+        from cogs.paint import paint  # paint starts jobs through jobflow, which renders these buttons
+
+        assert self.record is not None
+        await paint(_bot(interaction)).paint_result(interaction, self.record, self.index)
+
+
 def working_view(job_id: str) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
     view.add_item(CancelButton(job_id))
@@ -259,6 +282,7 @@ def finished_view(job_id: str, outputs: int, *, shareable: bool) -> discord.ui.V
     for index in range(outputs):
         label = "Use as input" if outputs == 1 else f"Use #{index + 1}"
         view.add_item(ReuseButton(job_id, index, label))
+        view.add_item(PaintButton(job_id, index, "Paint" if outputs == 1 else f"Paint #{index + 1}"))
     return view
 
 
@@ -274,5 +298,5 @@ def failed_view(job_id: str) -> discord.ui.View:
 async def setup(bot: FillBot) -> None:
     """Buttons on old replies keep working after a restart: their custom ids are matched by template."""
     bot.add_dynamic_items(
-        CancelButton, RerunButton, EditRerunButton, InfoButton, DeleteButton, ShareButton, ReuseButton
+        CancelButton, RerunButton, EditRerunButton, InfoButton, DeleteButton, ShareButton, ReuseButton, PaintButton
     )

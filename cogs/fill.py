@@ -30,6 +30,7 @@ from bot.pipeline import Prepared
 from bot.providers.registry import option_note, option_span
 from cogs.errors import SafeModal
 from cogs.jobflow import Admission, Request, flow
+from cogs.paint import FillPlan, paint
 
 if TYPE_CHECKING:
     from bot.app import FillBot
@@ -142,6 +143,10 @@ class FillCog(commands.Cog):
             check_attachment(mask, "mask", limit)
             if region:
                 raise UserError("Give either a mask or a region, not both.")
+        elif not region and self.bot.web is not None:  # nothing says what to fill: offer the painter page
+            plan = FillPlan(provider, options, Delivery(output_format, composite=composite))
+            await paint(self.bot).fill_without_mask(interaction, image, prompt, plan)
+            return
         await self._start_fill(
             interaction, prompt, options, image.read, mask.read if mask else None,
             MaskOptions(region=region, invert=invert_mask), Delivery(output_format, composite=composite), provider,

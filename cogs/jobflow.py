@@ -20,7 +20,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import discord
 from discord.ext import commands
@@ -55,7 +55,7 @@ from cogs import buttons, rendering
 from cogs.channels import announce, moderation_event, own_text_channel
 from cogs.delivery import DiscordSink, JobContext, new_target, sink_for_record
 from cogs.errors import PUBLIC_THINKING
-from cogs.live_reply import LiveReply, Upload
+from cogs.live_reply import LiveReply, ReplyTarget, Upload
 
 if TYPE_CHECKING:
     from bot.app import FillBot
@@ -65,6 +65,19 @@ log = logging.getLogger(__name__)
 Request = FillRequest | EditRequest
 Decide = Callable[[], Awaitable[tuple[Request, "Admission"]]]
 Load = Callable[[Request], Awaitable[Prepared]]
+
+
+class Origin(Protocol):
+    """Who asks and where: an interaction, or a request stored without one (the painter page)."""
+
+    @property
+    def guild_id(self) -> int | None: ...
+    @property
+    def channel_id(self) -> int | None: ...
+    @property
+    def channel(self) -> object: ...
+    @property
+    def user(self) -> discord.abc.Snowflake: ...
 
 
 @dataclass(frozen=True)
@@ -113,7 +126,7 @@ class JobFlow(commands.Cog):
     # ----------------------------------------------------------------------------------------------- start
     async def admit(
         self,
-        interaction: discord.Interaction,
+        interaction: Origin,
         *,
         provider: str | None,
         operation: Operation,
@@ -218,24 +231,11 @@ class JobFlow(commands.Cog):
         context = admission.context
         target = new_target(interaction.application_id, interaction.token, interaction.created_at.timestamp(),
                             context)
-        record = self._record(self.bot.service.new_job_id(), request, context, target.token_expires_at,
-                              interaction.token, interaction.application_id)
-        try:
-            # Decide and record under the same lock, so a burst cannot pass one check twice.
-            async with self.gate.admission(admission.settings, context.user_id, context.guild_id) as decision:
-                if not decision.allowed:
-                    raise UserError(decision.message)
-                record = await self.bot.lifecycle.record(record)
-        except StoreUnavailable:
-            raise UserError("The bot's database is not answering right now; nothing was started or charged. "
-                            "Please try again in a minute.") from None
-        try:
-            async with self._preparing:
-                prepared = await load(request)
-        except BaseException:
-            with contextlib.suppress(StoreUnavailable):
-                await self.bot.lifecycle.discard(record.id)
-            raise
+        record, prepared = await self._admit_and_prepare(
+            self._record(self.bot.service.new_job_id(), request, context, target.token_expires_at,
+                         interaction.token, interaction.application_id),
+            admission, request, load,
+        )
         started = time.time()
         reply = LiveReply(self.bot, target, min_interval=self.bot.edit_interval, last_edit=time.monotonic())
         sink = DiscordSink(self.bot, record.id, request, context, reply, started_at=record.created_at)
@@ -261,8 +261,64 @@ class JobFlow(commands.Cog):
                     await interaction.followup.send(note, ephemeral=True)
         await self.bot.lifecycle.queue(record, prepared, sink)
 
+    async def start_detached(self, decide: Decide, load: Load) -> tuple[discord.Message, tuple[str, ...]]:
+        """Start a job asked for outside any interaction (the painter page), through the same rules, limits,
+        record and lifecycle as `start`. Its reply is a new channel message mentioning the member, edited
+        through the channel (no interaction token). Returns that message and the notices meant for the member
+        alone, which the caller shows them privately. Refusals are `UserError`s raised before anything runs."""
+        request, admission = await decide()
+        context = admission.context
+        application_id = self.bot.application_id or 0
+        record, prepared = await self._admit_and_prepare(
+            self._record(self.bot.service.new_job_id(), request, context, 0.0, None, application_id),
+            admission, request, load,
+        )
+        first = rendering.status_embed(request, Progress(record.id, State.QUEUED, 0.0),
+                                       started_at=record.created_at, notices=prepared.notices)
+        mention = discord.AllowedMentions(everyone=False, roles=False, users=[discord.Object(context.user_id)])
+        try:
+            message = await self.bot.get_partial_messageable(context.channel_id).send(
+                f"<@{context.user_id}>", embed=first, file=Upload(prepared.preview_name, prepared.preview).to_file(),
+                view=buttons.working_view(record.id), allowed_mentions=mention,
+            )
+        except discord.HTTPException as exc:
+            with contextlib.suppress(StoreUnavailable):
+                await self.bot.lifecycle.discard(record.id)
+            raise UserError(f"I could not post in that channel (Discord said {exc.status}); nothing was started "
+                            "or charged.") from None
+        await self.bot.storage.update_job(record.id, reply_message_id=message.id)
+        target = ReplyTarget(application_id, None, 0.0, context.channel_id, message.id, context.user_id)
+        reply = LiveReply(self.bot, target, min_interval=self.bot.edit_interval, last_edit=time.monotonic())
+        sink = DiscordSink(self.bot, record.id, request, context, reply, started_at=record.created_at)
+        sink.notices = prepared.notices
+        await self.bot.lifecycle.queue(record, prepared, sink)
+        return message, admission.private_notices
+
+    async def _admit_and_prepare(
+        self, record: JobRecord, admission: Admission, request: Request, load: Load
+    ) -> tuple[JobRecord, Prepared]:
+        """Check the limits and record the job under one lock, then prepare its pictures (discarded on failure)."""
+        context = admission.context
+        try:
+            # Decide and record under the same lock, so a burst cannot pass one check twice.
+            async with self.gate.admission(admission.settings, context.user_id, context.guild_id) as decision:
+                if not decision.allowed:
+                    raise UserError(decision.message)
+                record = await self.bot.lifecycle.record(record)
+        except StoreUnavailable:
+            raise UserError("The bot's database is not answering right now; nothing was started or charged. "
+                            "Please try again in a minute.") from None
+        try:
+            async with self._preparing:
+                prepared = await load(request)
+        except BaseException:
+            with contextlib.suppress(StoreUnavailable):
+                await self.bot.lifecycle.discard(record.id)
+            raise
+        return record, prepared
+
     def _record(
-        self, job_id: str, request: Request, context: JobContext, token_expires_at: float, token: str,
+        self, job_id: str, request: Request, context: JobContext, token_expires_at: float, token: str | None,
         application_id: int,
     ) -> JobRecord:
         seed = request.params.get("seed")

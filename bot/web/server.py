@@ -1,4 +1,4 @@
-"""The web server inside the bot process: provider webhooks, `/healthz` and `/metrics`.
+"""The web server inside the bot process: provider webhooks, the mask painter, `/healthz` and `/metrics`.
 
 It listens on WEB_HOST:WEB_PORT behind whatever makes PUBLIC_URL reach it (a reverse proxy or a tunnel). Every
 webhook must name a callback this process issued (else 404) and carry the provider's signature (else 401); a
@@ -21,6 +21,7 @@ from bot.providers.base import Provider
 from bot.storage import Storage
 from bot.web.hooks import WebhookHub
 from bot.web.metrics import CONTENT_TYPE, Metrics
+from bot.web.painter import Painter
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,8 @@ class WebServer:
         self.app.router.add_get("/healthz", self._healthz)
         self.app.router.add_get("/metrics", self._metrics)
         self.app.router.add_post("/hooks/{provider}/{token}", self._webhook)
+        self.painter = Painter()  # the Discord side sets its starter when it loads
+        self.painter.add_routes(self.app)
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:

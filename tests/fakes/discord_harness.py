@@ -515,10 +515,13 @@ class DiscordHarness:
         dm: bool = False,
         message_id: int | None = None,
         locale: str = "en-US",
+        files: Mapping[str, tuple[str, bytes, str]] | None = None,
     ) -> dict[str, Any]:
         """A MODAL_SUBMIT payload. The component layout mirrors the modal the bot last sent with this
         custom_id (action rows or labels); `fields` maps input custom_ids to values (lists for selects).
-        Pass `message_id` when the modal was opened from a button on that message."""
+        `files` maps file-upload custom_ids to (filename, bytes, content type), hosted on the fake CDN and put
+        in `data.resolved.attachments`. Pass `message_id` when the modal was opened from a button on that
+        message."""
         shape = next(
             (
                 i.modal
@@ -527,7 +530,15 @@ class DiscordHarness:
             ),
             None,
         )
-        data = {"custom_id": custom_id, "components": _modal_components(shape, fields)}
+        values: dict[str, str | Sequence[str]] = dict(fields)
+        uploaded: dict[str, dict[str, Any]] = {}
+        for cid, (filename, blob, ctype) in (files or {}).items():
+            att = self.fake.attachment_payload(filename, blob, ctype)
+            uploaded[att["id"]] = att
+            values[cid] = [att["id"]]
+        data: dict[str, Any] = {"custom_id": custom_id, "components": _modal_components(shape, values)}
+        if uploaded:
+            data["resolved"] = {"attachments": uploaded}
         msg = self.fake.message(message_id) if message_id is not None else None
         if msg is not None:
             channel = self.fake.channels.get(msg.channel_id)
@@ -816,7 +827,9 @@ def _modal_components(shape: dict[str, Any] | None, fields: Mapping[str, str | S
             return out
         out["custom_id"] = cid
         value = fields.get(cid, "")
-        if comp["type"] == 4:
+        if comp["type"] == 19:  # a file upload: attachment ids, none when nothing was attached
+            out["values"] = [] if not value else [value] if isinstance(value, str) else list(value)
+        elif comp["type"] == 4:
             out["value"] = value if isinstance(value, str) else " ".join(value)
         else:
             out["values"] = [value] if isinstance(value, str) else list(value)
