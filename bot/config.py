@@ -223,7 +223,8 @@ class _Reader:
         return tuple(terms.values())
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback_host(host: str) -> bool:
+    """`localhost` or a loopback address: the only hosts plain http (and test set-ups) are trusted on."""
     if host == "localhost":
         return True
     try:
@@ -241,7 +242,7 @@ def _web_settings(read: _Reader) -> WebSettings | None:
     example = "https://fillbot.example.org"
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"PUBLIC_URL={raw!r} is not an http(s) URL (example: {example}).")
-    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
         raise ConfigError(
             f"PUBLIC_URL={raw!r} must use https: providers and browsers reach it over the internet "
             "(plain http is allowed only for localhost/127.0.0.1)."

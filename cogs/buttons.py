@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Self, cast
 
 import discord
 
@@ -201,19 +201,24 @@ class ShareButton(JobButton, template=r"fill:share:" + _ID):
         await _flow(interaction).share(interaction, self.record)
 
 
-class ReuseButton(JobButton, template=r"fill:reuse:" + _ID + r":(?P<index>[0-9])"):
-    action = "reuse"
-    emoji = "🖌️"
+class OutputButton(JobButton, template=r"fill:output:" + _ID + r":(?P<index>[0-9])"):
+    """A button about one output of a finished job: its index follows the job id in the custom id."""
 
-    def __init__(self, job_id: str, index: int = 0, label: str = "Use as input") -> None:
+    def __init__(self, job_id: str, index: int = 0, label: str | None = None) -> None:
         super().__init__(job_id, suffix=f":{index}", label=label)
         self.index = index
 
     @classmethod
     async def from_custom_id(
         cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str]
-    ) -> ReuseButton:
+    ) -> Self:
         return cls(match["job"], int(match["index"]))
+
+
+class ReuseButton(OutputButton, template=r"fill:reuse:" + _ID + r":(?P<index>[0-9])"):
+    action = "reuse"
+    label = "Use as input"
+    emoji = "🖌️"
 
     async def run(self, interaction: discord.Interaction) -> None:
         assert self.record is not None
@@ -242,21 +247,12 @@ class ReuseModal(SafeModal, title="Use this image as the new input"):
         await _flow(interaction).reuse(interaction, self.record, self.index, self.prompt.value, region)
 
 
-class PaintButton(JobButton, template=r"fill:paint:" + _ID + r":(?P<index>[0-9])"):
+class PaintButton(OutputButton, template=r"fill:paint:" + _ID + r":(?P<index>[0-9])"):
     """Fill an area of result `index` again, painted on the web page or uploaded in a modal (`cogs.paint`)."""
 
     action = "paint"
+    label = "Paint"
     emoji = "🖌"
-
-    def __init__(self, job_id: str, index: int = 0, label: str = "Paint") -> None:
-        super().__init__(job_id, suffix=f":{index}", label=label)
-        self.index = index
-
-    @classmethod
-    async def from_custom_id(
-        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str]
-    ) -> PaintButton:
-        return cls(match["job"], int(match["index"]))
 
     async def run(self, interaction: discord.Interaction) -> None:
         from cogs.paint import paint  # paint starts jobs through jobflow, which renders these buttons

@@ -9,7 +9,6 @@ at once by the credential-free `Downloader`.
 from __future__ import annotations
 
 import base64
-import ipaddress
 import json
 import logging
 import math
@@ -19,6 +18,7 @@ from typing import Any
 
 import httpx
 
+from bot.config import is_loopback_host
 from bot.errors import ProviderError
 from bot.lifecycle.states import State
 from bot.params import BFL_FILL, BFL_KONTEXT, Value
@@ -40,15 +40,6 @@ _MSG_ERROR = "The provider reported an error while making the image; try again, 
 _MSG_NO_SAMPLE = "The provider reported the job as finished but sent no image."
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _is_bfl_host(host: str) -> bool:
     return host == BFL_DOMAIN or host.endswith("." + BFL_DOMAIN)
 
@@ -67,7 +58,7 @@ def trusted_hosts(base_url: str) -> Callable[[httpx.URL], bool]:
             return True
         if _is_bfl_host(base_host):
             return url.scheme == "https" and url.port in (None, 443) and _is_bfl_host(host)
-        if _is_loopback(base_host):
+        if is_loopback_host(base_host):
             return url.scheme in ("http", "https") and host == base_host
         return False
 
