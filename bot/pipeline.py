@@ -8,6 +8,7 @@ jobs cost little memory and a job can be finished after a restart from stored by
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -36,9 +37,12 @@ from bot.imaging import (
     target_size,
 )
 from bot.imaging.loading import decode
+from bot.imaging.preview import before_preview
 from bot.params import EditRequest, FillRequest, ModelSpec
 from bot.providers.base import InputImage, ProviderJob
 from bot.providers.registry import PROVIDERS
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,7 @@ class FinishedImage:
 class Finished:
     images: tuple[FinishedImage, ...]
     notices: tuple[str, ...]
+    before: bytes | None = None  # a small "before" picture (None if it could not be drawn)
 
 
 def sizing_rule(spec: ModelSpec) -> SizingRule:
@@ -182,7 +187,17 @@ def finish(
         FinishedImage(file.data, f"{kind}-{job_id}-{i}.{file.extension}", file.size, flagged)
         for i, (file, (_, flagged)) in enumerate(zip(encoded, outputs, strict=True), start=1)
     )
-    return Finished(images, tuple(notices))
+    return Finished(images, tuple(notices), _before(inputs, job_id))
+
+
+def _before(inputs: JobInputs, job_id: str) -> bytes | None:
+    """The "before" picture, drawn with the finish from the inputs it already has; a nicety, so a failure only
+    leaves it out."""
+    try:
+        return before_preview(inputs.original, inputs.mask)
+    except Exception:
+        log.exception("job %s: could not draw its before picture", job_id)
+        return None
 
 
 def _result(data: bytes, limits: Limits) -> Image.Image:

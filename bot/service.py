@@ -83,7 +83,7 @@ class FillService:
         await self.downloader.aclose()
         self._pictures.shutdown(wait=False, cancel_futures=True)
 
-    async def _in_pool(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    async def in_pool(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pictures, functools.partial(fn, *args, **kwargs))
 
     def check_provider(self, name: str) -> None:
@@ -97,11 +97,11 @@ class FillService:
 
     async def prepare_fill(self, image: bytes, mask: bytes | None, request: FillRequest) -> Prepared:
         self.check_provider(request.spec.provider)
-        return await self._in_pool(prepare_fill, image, mask, request, self.limits)
+        return await self.in_pool(prepare_fill, image, mask, request, self.limits)
 
     async def prepare_edit(self, image: bytes, request: EditRequest) -> Prepared:
         self.check_provider(request.spec.provider)
-        return await self._in_pool(prepare_edit, image, request, self.limits)
+        return await self.in_pool(prepare_edit, image, request, self.limits)
 
     async def prepare(self, request: FillRequest | EditRequest, inputs: JobInputs) -> Prepared:
         """Prepare stored pictures again (a resumed queued job, Rerun): the stored mask is already final."""
@@ -120,7 +120,7 @@ class FillService:
         max_total_bytes: int | None = None,
     ) -> Finished:
         """Decode the provider's outputs, put them back into the original and encode them, in the pool."""
-        return await self._in_pool(
+        return await self.in_pool(
             finish, files, inputs=inputs, request=request, limits=self.limits, job_id=job_id,
             max_total_bytes=max_total_bytes,
         )

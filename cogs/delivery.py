@@ -3,15 +3,13 @@ its ending there (pictures, or what went wrong), reporting back whether the memb
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import discord
 
-from bot.imaging.preview import BEFORE_NAME, before_preview
+from bot.imaging.preview import BEFORE_NAME
 from bot.lifecycle.sink import Ending, Progress, Receipt
 from bot.lifecycle.states import State
 from bot.params import EditRequest, FillRequest, request_from_json
@@ -58,6 +56,7 @@ class DiscordSink:
         reply: LiveReply,
         *,
         started_at: float,
+        notices: tuple[str, ...] = (),
     ) -> None:
         self.bot = bot
         self.job_id = job_id
@@ -65,7 +64,7 @@ class DiscordSink:
         self.context = context
         self.reply = reply
         self.started_at = started_at
-        self.notices: tuple[str, ...] = ()
+        self.notices = notices  # from preparing: shown with every status
 
     def show(self, progress: Progress) -> None:
         if progress.state.terminal:
@@ -81,7 +80,7 @@ class DiscordSink:
         if ending.finished is not None:
             uploads, metas, more = self._uploads(ending.finished)
             if uploads:
-                before = await self._before(uploads)
+                before = self._before(uploads, ending.finished.before)
                 embed = rendering.result_embed(
                     self.request, job_id=self.job_id, user_id=self.context.user_id, elapsed=ending.elapsed,
                     notices=notices + ending.finished.notices + tuple(more),
@@ -116,7 +115,7 @@ class DiscordSink:
         text = f"<@{self.context.user_id}> your /{self.request.spec.operation} job {verb}: {link}"
         mention = discord.AllowedMentions(everyone=False, roles=False, users=[discord.Object(self.context.user_id)])
         try:
-            if target.token is not None and time.time() < target.token_expires_at - 30:
+            if target.token is not None and self.reply.token_usable():
                 webhook = discord.Webhook.partial(target.application_id, target.token, client=self.bot)
                 await webhook.send(text, allowed_mentions=mention)
             else:
@@ -124,21 +123,13 @@ class DiscordSink:
         except discord.HTTPException as exc:  # the result is delivered: a missing ping is not worth a retry
             log.info("job %s: could not mention its member (%s)", self.job_id, exc.status)
 
-    async def _before(self, uploads: list[Upload]) -> Upload | None:
-        """The "before" picture (the mask preview, or the input of an edit) from the stored inputs, as the last
-        file, when it fits Discord's file count and upload budget."""
+    @staticmethod
+    def _before(uploads: list[Upload], before: bytes | None) -> Upload | None:
+        """The "before" picture as the last file, when it fits Discord's file count and upload budget."""
         room = MAX_UPLOAD_BYTES - sum(len(u.data) for u in uploads)
-        if len(uploads) >= MAX_FILES or room <= 0:
+        if before is None or len(uploads) >= MAX_FILES or len(before) > room:
             return None
-        stored = await self.bot.storage.load_inputs(self.job_id)
-        if stored is None:
-            return None
-        try:
-            data = await asyncio.to_thread(before_preview, *stored)
-        except Exception:
-            log.exception("job %s: could not draw its before picture", self.job_id)
-            return None
-        return Upload(BEFORE_NAME, data) if len(data) <= room else None
+        return Upload(BEFORE_NAME, before)
 
     def _uploads(self, finished: Finished) -> tuple[list[Upload], tuple[OutputMeta, ...], list[str]]:
         uploads: list[Upload] = []
@@ -165,10 +156,8 @@ async def sink_for_record(bot: FillBot, record: JobRecord) -> DiscordSink:
         record.reply_message_id or 0, record.user_id,
     )
     reply = LiveReply(bot, target, min_interval=bot.edit_interval)
-    sink = DiscordSink(bot, record.id, request_from_json(record.request), context, reply,
-                       started_at=record.created_at)
-    sink.notices = record.notices
-    return sink
+    return DiscordSink(bot, record.id, request_from_json(record.request), context, reply,
+                       started_at=record.created_at, notices=record.notices)
 
 
 def new_target(application_id: int, token: str, created_at: float, context: JobContext) -> ReplyTarget:

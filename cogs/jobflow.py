@@ -20,7 +20,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import discord
 from discord.ext import commands
@@ -92,12 +92,20 @@ class Admission:
     private_notices: tuple[str, ...] = ()  # told only to the user (e.g. which terms were removed)
 
 
+CogT = TypeVar("CogT", bound=commands.Cog)
+
+
+def loaded(bot: commands.Bot, kind: type[CogT]) -> CogT:
+    """The loaded cog of class `kind` (cogs reach each other through this, not through the bot's attributes)."""
+    cog = bot.get_cog(kind.__cog_name__)
+    if not isinstance(cog, kind):
+        raise RuntimeError(f"the {kind.__module__} extension is not loaded")
+    return cog
+
+
 def flow(bot: commands.Bot) -> JobFlow:
     """The loaded JobFlow cog (other cogs start jobs through it)."""
-    cog = bot.get_cog("JobFlow")
-    if cog is None:
-        raise RuntimeError("the cogs.jobflow extension is not loaded")
-    return cast(JobFlow, cog)
+    return loaded(bot, JobFlow)
 
 
 class JobFlow(commands.Cog):
@@ -238,8 +246,8 @@ class JobFlow(commands.Cog):
         )
         started = time.time()
         reply = LiveReply(self.bot, target, min_interval=self.bot.edit_interval, last_edit=time.monotonic())
-        sink = DiscordSink(self.bot, record.id, request, context, reply, started_at=record.created_at)
-        sink.notices = prepared.notices
+        sink = DiscordSink(self.bot, record.id, request, context, reply, started_at=record.created_at,
+                           notices=prepared.notices)
         first = rendering.status_embed(request, Progress(record.id, State.QUEUED, time.time() - started),
                                        started_at=record.created_at, notices=prepared.notices)
         try:
@@ -289,8 +297,8 @@ class JobFlow(commands.Cog):
         await self.bot.storage.update_job(record.id, reply_message_id=message.id)
         target = ReplyTarget(application_id, None, 0.0, context.channel_id, message.id, context.user_id)
         reply = LiveReply(self.bot, target, min_interval=self.bot.edit_interval, last_edit=time.monotonic())
-        sink = DiscordSink(self.bot, record.id, request, context, reply, started_at=record.created_at)
-        sink.notices = prepared.notices
+        sink = DiscordSink(self.bot, record.id, request, context, reply, started_at=record.created_at,
+                           notices=prepared.notices)
         await self.bot.lifecycle.queue(record, prepared, sink)
         return message, admission.private_notices
 

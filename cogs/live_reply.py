@@ -143,7 +143,7 @@ class LiveReply:
             finally:
                 self._last = time.monotonic()
 
-    def _token_usable(self) -> bool:
+    def token_usable(self) -> bool:
         return (
             self.target.token is not None
             and not self._redirected
@@ -151,7 +151,7 @@ class LiveReply:
         )
 
     async def _edit(self, edit: Edit) -> discord.Message | None:
-        if self._token_usable():
+        if self.token_usable():
             assert self.target.token is not None
             webhook = discord.Webhook.partial(self.target.application_id, self.target.token, client=self.client)
             # "@original" is the interaction's own reply, for a job whose message id was never recorded.

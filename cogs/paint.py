@@ -8,11 +8,10 @@ the page sends starts in the member's channel through the same rules, limits and
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import discord
 from discord.ext import commands
@@ -24,7 +23,7 @@ from bot.pipeline import Prepared
 from bot.storage import JobRecord
 from bot.web.painter import PaintTicket
 from cogs.errors import SafeModal
-from cogs.jobflow import Admission, Origin, Request, flow
+from cogs.jobflow import Admission, Origin, Request, flow, loaded
 
 if TYPE_CHECKING:
     from bot.app import FillBot
@@ -74,10 +73,7 @@ def has_holes(data: bytes, limits: Limits, what: str) -> bool:
 
 
 def paint(bot: commands.Bot) -> PaintCog:
-    cog = bot.get_cog("PaintCog")
-    if cog is None:
-        raise RuntimeError("the cogs.paint extension is not loaded")
-    return cast(PaintCog, cog)
+    return loaded(bot, PaintCog)
 
 
 class PaintCog(commands.Cog):
@@ -101,7 +97,7 @@ class PaintCog(commands.Cog):
         assert self.bot.web is not None
         await interaction.response.defer(ephemeral=True, thinking=True)
         data = await image.read()
-        if await asyncio.to_thread(has_holes, data, self.bot.service.limits, "image"):
+        if await self.bot.service.in_pool(has_holes, data, self.bot.service.limits, "image"):
             answer = await self._start_detached(interaction, data, None, prompt, plan)
             await interaction.followup.send(answer, ephemeral=True)
             return
@@ -227,7 +223,7 @@ class PaintModal(SafeModal, title="Paint: fill an area again"):
             if upload is None:
                 return await service.prepare_fill(await result.read(), None, request)
             data = await upload.read()
-            if await asyncio.to_thread(has_holes, data, service.limits, "file"):
+            if await service.in_pool(has_holes, data, service.limits, "file"):
                 return await service.prepare_fill(data, None, request)  # the picture itself, with holes
             return await service.prepare_fill(await result.read(), data, request)
 

@@ -125,7 +125,7 @@ async def test_replicate_webhooks_wake_the_job_and_no_timer_polls_run(tmp_path: 
         ending = await p.ending(job_id)
         assert ending.state is State.SUCCEEDED and ending.finished is not None
         assert fake.webhook_answers == [200, 200]
-        assert _polls(fake) == 2  # one GET per wake (`start`, `completed`); no timed poll while they came in time
+        assert 1 <= _polls(fake) <= 2  # one GET per wake (`start`, `completed`, which a busy machine may merge); no timed poll
 
 
 async def test_forged_or_lost_webhooks_change_nothing_and_the_fallback_poll_delivers(tmp_path: Path) -> None:
