@@ -125,7 +125,8 @@ async def test_replicate_webhooks_wake_the_job_and_no_timer_polls_run(tmp_path: 
         ending = await p.ending(job_id)
         assert ending.state is State.SUCCEEDED and ending.finished is not None
         assert fake.webhook_answers == [200, 200]
-        assert 1 <= _polls(fake) <= 2  # one GET per wake (`start`, `completed`, which a busy machine may merge); no timed poll
+        # One GET per wake (`start`, `completed`; a busy machine may merge the two), and no timed poll.
+        assert 1 <= _polls(fake) <= 2
 
 
 async def test_forged_or_lost_webhooks_change_nothing_and_the_fallback_poll_delivers(tmp_path: Path) -> None:
