@@ -177,7 +177,7 @@ async def measure(durations: list[float], reps: int) -> dict[str, Any]:
                 "ALLOW_PRIVATE_DOWNLOADS": "true",  # the fake serves results from 127.0.0.1
             }
         )
-        async with FillService(settings) as service, await Storage.open(settings.database_path) as storage:
+        async with FillService(settings) as service, await Storage.open(settings.database_target) as storage:
             lifecycle = Lifecycle(settings, storage, service)
             request = FillRequest.build("replicate", "a bench of flowers", {}, mask=MaskOptions())
             prepared = await service.prepare_fill(picture, None, request)

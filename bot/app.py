@@ -66,7 +66,7 @@ class FillBot(commands.Bot):
 
     async def setup_hook(self) -> None:
         if self._storage is None:
-            self._storage = await Storage.open(self.settings.database_path)
+            self._storage = await Storage.open(self.settings.database_target)
         self._lifecycle = Lifecycle(self.settings, self._storage, self.service)
         if self.settings.web is not None and self.recover:
             self.web = WebServer(self.settings.web, storage=self._storage, runner=self._lifecycle.runner,

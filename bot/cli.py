@@ -250,7 +250,7 @@ async def _run_job(settings: Settings, args: argparse.Namespace, flags: dict[str
     delivery = Delivery(args.output_format, args.output_quality, composite=not getattr(args, "no_composite", True))
     image = _read(args.image, "image")
     request: FillRequest | EditRequest
-    async with FillService(settings) as service, await Storage.open(settings.database_path) as storage:
+    async with FillService(settings) as service, await Storage.open(settings.database_target) as storage:
         if args.command == "fill":
             mask_options = MaskOptions(args.region, args.invert_mask, args.grow, args.feather)
             request = FillRequest.build(provider, args.prompt, _options(args), mask=mask_options, delivery=delivery)
@@ -280,7 +280,7 @@ async def _resume_job(settings: Settings, args: argparse.Namespace, flags: dict[
     from bot.service import FillService
     from bot.storage import Storage
 
-    async with FillService(settings) as service, await Storage.open(settings.database_path) as storage:
+    async with FillService(settings) as service, await Storage.open(settings.database_target) as storage:
         record = await storage.get_job(args.job)
         if record is None or record.front != "cli":
             raise UserError(f"There is no command-line job `{args.job}` in {settings.database_path}.")

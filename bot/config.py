@@ -100,6 +100,12 @@ class Settings:
     web: WebSettings | None = None
     rules: OperatorRules = OperatorRules()
     allow_private_downloads: bool = False  # fetch results from loopback/private hosts (local set-ups, tests)
+    database_url: Secret | None = None  # postgresql://…: PostgreSQL instead of the SQLite file (it holds a password)
+
+    @property
+    def database_target(self) -> str | Path:
+        """What `Storage.open` takes: the PostgreSQL URL when one is set, else the SQLite file."""
+        return self.database_url.reveal() if self.database_url is not None else self.database_path
 
     @property
     def available_providers(self) -> tuple[str, ...]:
@@ -314,9 +320,19 @@ def load_settings(env: Mapping[str, str] | None = None, *, env_file: str | os.Pa
         dev_guild_id=int(guild) if guild else None,
         job_lease=read.number("JOB_LEASE_SECONDS", 30.0, minimum=0.2, maximum=600.0),
         allow_private_downloads=read.flag("ALLOW_PRIVATE_DOWNLOADS", False),
+        database_url=_database_url(read),
         web=_web_settings(read),
         rules=_operator_rules(read),
     )
+
+
+def _database_url(read: _Reader) -> Secret | None:
+    url = read.secret("DATABASE_URL")
+    if url is not None and urlsplit(url.reveal()).scheme not in ("postgresql", "postgres"):
+        # The value is not repeated: it may hold a password.
+        raise ConfigError("DATABASE_URL must be a postgresql:// URL (example: postgresql://fillbot:pw@db/fillbot); "
+                          "leave it unset to use the SQLite file DATABASE_PATH.")
+    return url
 
 
 def _operator_rules(read: _Reader) -> OperatorRules:

@@ -1,8 +1,11 @@
-"""SQLite persistence: jobs (recorded before they are submitted, so they survive a restart), their inputs, and
+"""Persistence: jobs (recorded before they are submitted, so they survive a restart), their inputs, and
 per-server moderation settings, overrides, blocked terms and the audit log of every moderator change.
 
-One aiosqlite connection in autocommit mode. Every statement runs under one asyncio.Lock and writes that belong
-together run in an explicit `BEGIN IMMEDIATE` transaction, so two coroutines never interleave inside one.
+Every query is written once, here, in SQL that SQLite and PostgreSQL both accept, with `?` placeholders; the
+backend (`bot.db`: SQLite by default, PostgreSQL for a `postgresql://` URL) runs it. Writes that belong together
+run in one transaction (`_transaction`); read-then-write transactions take `_lock_in_transaction` on what they
+decide about, so that on PostgreSQL (whose transactions run side by side) they stay as exclusive as SQLite's
+`BEGIN IMMEDIATE` ones. The per-server caches are dropped across processes by a notification on every change.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import logging
 import re
 import sqlite3
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from importlib import resources
@@ -21,8 +25,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, cast
 
-import aiosqlite
-
+from bot import db
 from bot.guild_settings import (
     MAX_TERMS_PER_GUILD,
     SETTING_NAMES,
@@ -173,7 +176,7 @@ def _encode_outputs(outputs: Iterable[OutputMeta]) -> str:
     return json.dumps([o.to_dict() for o in outputs])
 
 
-def _job_from_row(row: sqlite3.Row) -> JobRecord:
+def _job_from_row(row: db.Row) -> JobRecord:
     return JobRecord(
         id=row["id"], kind=cast(Operation, row["kind"]), user_id=row["user_id"], guild_id=row["guild_id"],
         channel_id=row["channel_id"], provider=row["provider"], model=row["model"], request=row["request"],
@@ -213,51 +216,55 @@ def _placeholders(values: Sequence[object]) -> str:
     return ", ".join("?" for _ in values)
 
 
-class Storage:
-    """The bot's database. Open with `await Storage.open(path)` (or `async with await Storage.open(...)`)."""
+# Notified with a guild id whenever that server's settings, overrides or blocked terms change (db.MISSED: maybe
+# several changed), so every process drops what it cached.
+GUILD_CACHE_CHANNEL = "fillbot_guild_cache"
 
-    def __init__(self, db: aiosqlite.Connection, *, clock: Callable[[], float] = time.time) -> None:
-        self._db = db
+
+class Storage:
+    """The bot's database. Open with `await Storage.open(target)` (or `async with await Storage.open(...)`)."""
+
+    def __init__(self, backend: db.Backend, *, clock: Callable[[], float] = time.time) -> None:
+        self._backend = backend
         self._clock = clock
-        self._lock = asyncio.Lock()
+        self._lock = backend.lock
         self._settings: dict[int, GuildSettings] = {}
         self._overrides: dict[int, dict[int, ChannelOverride]] = {}
         self._terms: dict[int, tuple[BlockedTerm, ...]] = {}
+        # Bumped on every invalidation: a read that began before one does not fill the cache with what it saw.
+        self._cache_epoch = 0
+        self._key_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+    @property
+    def dialect(self) -> db.Dialect:
+        return self._backend.dialect
 
     @classmethod
     async def open(
         cls,
-        path: str | Path,
+        target: str | Path,
         *,
         clock: Callable[[], float] = time.time,
         migrations: Sequence[Migration] | None = None,
         busy_timeout: float = 5.0,
     ) -> Storage:
-        """Open (creating the file and its folder on first start) and bring the schema up to date.
+        """Open a SQLite file (created with its folder on first start) or a `postgresql://` URL, and bring the
+        schema up to date.
 
-        `busy_timeout`: how long one statement waits for a lock another process holds before it fails."""
-        target = str(path)
-        in_memory = target == ":memory:"
-        if not in_memory:
-            Path(target).parent.mkdir(parents=True, exist_ok=True)
-        db = await aiosqlite.connect(target, isolation_level=None)
+        `busy_timeout` (SQLite): how long one statement waits for a lock another process holds before it fails."""
+        backend = await db.connect(target, busy_timeout=busy_timeout)
+        storage = cls(backend, clock=clock)
         try:
-            db.row_factory = sqlite3.Row
-            await db.execute("PRAGMA foreign_keys = ON")
-            await db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-            if not in_memory:
-                # WAL lets readers (a backup, sqlite3 shell) work while the bot writes.
-                await db.execute("PRAGMA journal_mode = WAL")
-                await db.execute("PRAGMA synchronous = NORMAL")
-            storage = cls(db, clock=clock)
+            backend.subscribe(GUILD_CACHE_CHANNEL, storage._guild_changed)
+            await backend.listening()
             await storage._migrate(load_migrations() if migrations is None else migrations)
         except BaseException:
-            await db.close()
+            await backend.close()
             raise
         return storage
 
     async def close(self) -> None:
-        await self._db.close()
+        await self._backend.close()
 
     async def __aenter__(self) -> Storage:
         return self
@@ -270,56 +277,68 @@ class Storage:
     # -- plumbing -------------------------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        async with self._lock:
-            if self._db.in_transaction:
-                # Only possible if a ROLLBACK was itself interrupted (task cancelled at the wrong moment).
-                log.warning("rolling back a transaction left open")
-                await self._db.execute("ROLLBACK")
-            await self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                await self._db.execute("ROLLBACK")
-                raise
-            await self._db.execute("COMMIT")
+    async def _transaction(self) -> AsyncIterator[None]:
+        """Statements this task runs inside go into one transaction, committed on a clean exit."""
+        async with self._backend.transaction():
+            yield
 
-    async def _rows(self, sql: str, params: Sequence[object] = ()) -> list[sqlite3.Row]:
+    async def _rows(self, sql: str, params: Sequence[object] = ()) -> list[db.Row]:
         async with self._lock:
             return await self._rows_unlocked(sql, params)
 
-    async def _rows_unlocked(self, sql: str, params: Sequence[object] = ()) -> list[sqlite3.Row]:
-        async with self._db.execute(sql, params) as cursor:
-            return list(await cursor.fetchall())
+    async def _rows_unlocked(self, sql: str, params: Sequence[object] = ()) -> list[db.Row]:
+        return await self._backend.rows(sql, params)
 
     async def _execute(self, sql: str, params: Sequence[object] = ()) -> int:
         """Run one statement (inside a transaction); return how many rows it changed."""
-        async with self._db.execute(sql, params) as cursor:
-            return cursor.rowcount
+        return await self._backend.execute(sql, params)
+
+    async def _lock_in_transaction(self, key: str) -> None:
+        """Inside `_transaction()`: wait until no other transaction, in any process, holds `key`; hold it until
+        commit. PostgreSQL: an advisory transaction lock. SQLite: nothing (BEGIN IMMEDIATE is already exclusive)."""
+        await self._backend.lock_in_transaction(key)
+
+    @contextlib.asynccontextmanager
+    async def serialized(self, keys: Sequence[str]) -> AsyncIterator[None]:
+        """Run the block alone for each of `keys`: one task at a time in this process and, on PostgreSQL, one
+        process at a time (advisory session locks), for checks made with separate reads before a write (e.g.
+        counting a person's jobs, then `create_job`). Keys are taken in sorted order, so two blocks never deadlock.
+        """
+        ordered = sorted(set(keys))
+        async with contextlib.AsyncExitStack() as stack:
+            for key in ordered:
+                lock = self._key_locks.get(key)
+                if lock is None:
+                    lock = self._key_locks[key] = asyncio.Lock()
+                await stack.enter_async_context(lock)
+            await stack.enter_async_context(self._backend.session_locks(ordered))
+            yield
+
+    async def notify(self, channel: str, payload: str) -> None:
+        """Tell every process subscribed to `channel` (SQLite: this process only). Sent inside a transaction, it
+        arrives when that commits, and never if it rolls back."""
+        await self._backend.notify(channel, payload)
+
+    def subscribe(self, channel: str, callback: Callable[[str], None]) -> None:
+        """Call `callback(payload)` on the event loop for each notification on `channel`; `db.MISSED` ("") means
+        some may have been lost (the connection dropped), so anything derived from them should be dropped."""
+        self._backend.subscribe(channel, callback)
 
     async def _migrate(self, migrations: Sequence[Migration]) -> None:
-        async with self._lock:
-            await self._db.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations "
-                "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
-            )
-        known = {m.version for m in migrations}
-        newer = [r["version"] for r in await self._rows("SELECT version FROM schema_migrations")
-                 if r["version"] not in known]
-        if newer:
-            raise RuntimeError(f"the database has migrations this version does not know: {sorted(newer)}")
-        # SQLite's way to rebuild a table (its CHECK constraints cannot be altered): foreign keys off meanwhile,
-        # checked once the migrations are in (the pragma is a no-op inside a transaction, so it is set here).
-        async with self._lock:
-            await self._db.execute("PRAGMA foreign_keys = OFF")
-        try:
-            await self._apply(migrations)
-        finally:
-            async with self._lock:
-                await self._db.execute("PRAGMA foreign_keys = ON")
-        broken = await self._rows("PRAGMA foreign_key_check")
-        if broken:
-            raise RuntimeError(f"migrations left {len(broken)} rows with broken references")
+        # One process at a time: two starting at once must not both create the same table.
+        async with self.serialized(["schema_migrations"]):
+            async with self._transaction():
+                await self._execute(self._backend.migration_sql(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations "
+                    "(version INTEGER NOT NULL PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
+                ))
+            known = {m.version for m in migrations}
+            newer = [r["version"] for r in await self._rows("SELECT version FROM schema_migrations")
+                     if r["version"] not in known]
+            if newer:
+                raise RuntimeError(f"the database has migrations this version does not know: {sorted(newer)}")
+            async with self._backend.migrating():
+                await self._apply(migrations)
 
     async def _apply(self, migrations: Sequence[Migration]) -> None:
         for migration in migrations:
@@ -330,7 +349,7 @@ class Storage:
                     continue
                 log.info("applying migration %03d_%s", migration.version, migration.name)
                 for statement in _statements(migration.sql):
-                    await self._execute(statement)
+                    await self._execute(self._backend.migration_sql(statement))
                 await self._execute(
                     "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
                     (migration.version, migration.name, self._clock()),
@@ -349,7 +368,8 @@ class Storage:
         """Record a job (and optionally its inputs) in one transaction; `created_at`/`updated_at` are stamped."""
         now = self._clock()
         stored = replace(record, created_at=now, updated_at=now)
-        values = [getattr(stored, c) for c in _JOB_COLUMNS]
+        # Flags are stored as 0/1 (SQLite has no boolean type; PostgreSQL will not take a bool for a number).
+        values = [int(v) if isinstance(v, bool) else v for v in (getattr(stored, c) for c in _JOB_COLUMNS)]
         values[_JOB_COLUMNS.index("outputs")] = _encode_outputs(stored.outputs)
         values[_JOB_COLUMNS.index("notices")] = json.dumps(list(stored.notices))
         async with self._transaction():
@@ -369,6 +389,8 @@ class Storage:
             await self._execute("DELETE FROM jobs WHERE id = ?", (job_id,))
 
     async def _owned(self, job_id: str, owner: str) -> JobRecord:
+        """The job, if `owner` holds it; the job stays locked until the transaction ends (see `claim_job`)."""
+        await self._lock_in_transaction(f"job:{job_id}")
         current = await self._job_unlocked(job_id)
         if current is None or current.owner != owner:
             raise NotOwner(job_id)
@@ -382,7 +404,9 @@ class Storage:
             current = await self._owned(job_id, owner)
             check_move(current.state, State.QUEUED)
             await self._execute(
-                "INSERT OR REPLACE INTO job_inputs (job_id, original, mask) VALUES (?, ?, ?)", (job_id, original, mask)
+                "INSERT INTO job_inputs (job_id, original, mask) VALUES (?, ?, ?) ON CONFLICT (job_id) "
+                "DO UPDATE SET original = excluded.original, mask = excluded.mask",
+                (job_id, original, mask),
             )
             await self._execute(
                 "UPDATE jobs SET status = ?, notices = ?, updated_at = ? WHERE id = ?",
@@ -451,6 +475,7 @@ class Storage:
     async def claim_job(self, job_id: str, owner: str, lease_until: float) -> JobRecord | None:
         """Take an undelivered job whose owner's lease ran out (or that has none); None if someone holds it."""
         async with self._transaction():
+            await self._lock_in_transaction(f"job:{job_id}")  # an owner's write in progress finishes first
             changed = await self._execute(
                 "UPDATE jobs SET owner = ?, lease_until = ? WHERE id = ? AND delivered_at IS NULL "
                 "AND erased_at IS NULL AND (owner IS NULL OR owner = ? OR lease_until IS NULL OR lease_until < ?)",
@@ -462,7 +487,7 @@ class Storage:
         """Undelivered jobs nobody holds a lease on, oldest first."""
         rows = await self._rows(
             f"{_SELECT_JOB} WHERE front = ? AND delivered_at IS NULL AND erased_at IS NULL "
-            "AND (owner IS NULL OR lease_until IS NULL OR lease_until < ?) ORDER BY created_at, rowid LIMIT ?",
+            "AND (owner IS NULL OR lease_until IS NULL OR lease_until < ?) ORDER BY created_at, id LIMIT ?",
             (front, self._clock(), limit),
         )
         return [_job_from_row(r) for r in rows]
@@ -535,7 +560,7 @@ class Storage:
 
     async def recent_jobs(self, user_id: int, limit: int = 10) -> list[JobRecord]:
         rows = await self._rows(
-            f"{_SELECT_JOB} WHERE user_id = ? AND erased_at IS NULL ORDER BY created_at DESC, rowid DESC LIMIT ?",
+            f"{_SELECT_JOB} WHERE user_id = ? AND erased_at IS NULL ORDER BY created_at DESC, id DESC LIMIT ?",
             (user_id, limit),
         )
         return [_job_from_row(r) for r in rows]
@@ -670,12 +695,41 @@ class Storage:
             (entry.guild_id, entry.actor_id, entry.key, entry.old, entry.new, entry.at),
         )
 
-    async def _settings_unlocked(self, guild_id: int) -> GuildSettings:
-        cached = self._settings.get(guild_id)
+    @contextlib.asynccontextmanager
+    async def _guild_write(self, guild_id: int) -> AsyncIterator[None]:
+        """A transaction that changes a server's settings, overrides or terms: one writer per server at a time
+        (each checks limits against what is stored), and every process drops its cached copy once it commits."""
+        try:
+            async with self._transaction():
+                await self._lock_in_transaction(f"guild:{guild_id}")
+                yield
+                await self.notify(GUILD_CACHE_CHANNEL, str(guild_id))
+        finally:
+            self._forget_guild(guild_id)  # here at once: our own notification arrives later on PostgreSQL
+
+    def _forget_guild(self, guild_id: int | None) -> None:
+        self._cache_epoch += 1
+        for cache in (self._settings, self._overrides, self._terms):
+            if guild_id is None:
+                cache.clear()
+            else:
+                cache.pop(guild_id, None)
+
+    def _guild_changed(self, payload: str) -> None:
+        try:
+            self._forget_guild(None if payload == db.MISSED else int(payload))
+        except ValueError:
+            log.warning("ignoring a malformed guild cache notification %r", payload[:40])
+            self._forget_guild(None)
+
+    async def _settings_unlocked(self, guild_id: int, *, fresh: bool = False) -> GuildSettings:
+        cached = None if fresh else self._settings.get(guild_id)
         if cached is None:
+            epoch = self._cache_epoch
             rows = await self._rows_unlocked("SELECT key, value FROM guild_settings WHERE guild_id = ?", (guild_id,))
             cached = settings_from_stored({r["key"]: json.loads(r["value"]) for r in rows})
-            self._settings[guild_id] = cached
+            if epoch == self._cache_epoch:
+                self._settings[guild_id] = cached
         return cached
 
     async def guild_settings(self, guild_id: int) -> GuildSettings:
@@ -693,8 +747,8 @@ class Storage:
 
         Raises SettingsError (nothing saved) if any value or the resulting combination is not allowed.
         """
-        async with self._transaction():
-            current = await self._settings_unlocked(guild_id)
+        async with self._guild_write(guild_id):
+            current = await self._settings_unlocked(guild_id, fresh=True)
             updated = apply_changes(current, changes)
             now = self._clock()
             entries: list[AuditEntry] = []
@@ -710,17 +764,18 @@ class Storage:
                 entry = AuditEntry(guild_id, actor_id, key, format_value(old), format_value(new), now)
                 await self._audit(entry)
                 entries.append(entry)
-            self._settings.pop(guild_id, None)
         return entries
 
-    async def _overrides_unlocked(self, guild_id: int) -> dict[int, ChannelOverride]:
-        cached = self._overrides.get(guild_id)
+    async def _overrides_unlocked(self, guild_id: int, *, fresh: bool = False) -> dict[int, ChannelOverride]:
+        cached = None if fresh else self._overrides.get(guild_id)
         if cached is None:
+            epoch = self._cache_epoch
             rows = await self._rows_unlocked(
                 "SELECT channel_id, safety FROM channel_overrides WHERE guild_id = ?", (guild_id,)
             )
             cached = {r["channel_id"]: ChannelOverride(r["channel_id"], r["safety"]) for r in rows}
-            self._overrides[guild_id] = cached
+            if epoch == self._cache_epoch:
+                self._overrides[guild_id] = cached
         return cached
 
     async def channel_overrides(self, guild_id: int) -> dict[int, ChannelOverride]:
@@ -739,8 +794,8 @@ class Storage:
     ) -> AuditEntry | None:
         """Set (or with None, clear) a channel's safety level; the audit entry, or None if nothing changed."""
         level = check_override_safety(safety)
-        async with self._transaction():
-            current = (await self._overrides_unlocked(guild_id)).get(channel_id)
+        async with self._guild_write(guild_id):
+            current = (await self._overrides_unlocked(guild_id, fresh=True)).get(channel_id)
             old = None if current is None else current.safety
             if old == level:
                 return None
@@ -759,7 +814,6 @@ class Storage:
                 None if old is None else str(old), None if level is None else str(level), self._clock(),
             )
             await self._audit(entry)
-            self._overrides.pop(guild_id, None)
         return entry
 
     async def clear_channel_override(self, guild_id: int, actor_id: int, channel_id: int) -> AuditEntry | None:
@@ -776,16 +830,18 @@ class Storage:
 
     # -- blocked terms --------------------------------------------------------------------------------------
 
-    async def _terms_unlocked(self, guild_id: int) -> tuple[BlockedTerm, ...]:
-        cached = self._terms.get(guild_id)
+    async def _terms_unlocked(self, guild_id: int, *, fresh: bool = False) -> tuple[BlockedTerm, ...]:
+        cached = None if fresh else self._terms.get(guild_id)
         if cached is None:
+            epoch = self._cache_epoch
             rows = await self._rows_unlocked(
                 "SELECT term, action, added_by, added_at FROM blocked_terms WHERE guild_id = ? "
                 "ORDER BY added_at, term_key",
                 (guild_id,),
             )
             cached = tuple(BlockedTerm(r["term"], r["action"], r["added_by"], r["added_at"]) for r in rows)
-            self._terms[guild_id] = cached
+            if epoch == self._cache_epoch:
+                self._terms[guild_id] = cached
         return cached
 
     async def blocked_terms(self, guild_id: int) -> tuple[BlockedTerm, ...]:
@@ -802,8 +858,8 @@ class Storage:
         """Add a term, or change the action of one already listed; None if it was already there as asked."""
         term, action = check_term(term, action)
         key = term_key(term)
-        async with self._transaction():
-            terms = await self._terms_unlocked(guild_id)
+        async with self._guild_write(guild_id):
+            terms = await self._terms_unlocked(guild_id, fresh=True)
             existing = next((t for t in terms if term_key(t.term) == key), None)
             if existing is not None and existing.action == action:
                 return None
@@ -824,14 +880,14 @@ class Storage:
                 None if existing is None else f"{existing.term} ({existing.action})", f"{term} ({action})", now,
             )
             await self._audit(entry)
-            self._terms.pop(guild_id, None)
         return entry
 
     async def remove_blocked_term(self, guild_id: int, actor_id: int, term: str) -> AuditEntry | None:
         """Remove a term (matched case-insensitively); None if it was not listed."""
         key = term_key(term)
-        async with self._transaction():
-            existing = next((t for t in await self._terms_unlocked(guild_id) if term_key(t.term) == key), None)
+        async with self._guild_write(guild_id):
+            terms = await self._terms_unlocked(guild_id, fresh=True)
+            existing = next((t for t in terms if term_key(t.term) == key), None)
             if existing is None:
                 return None
             await self._execute("DELETE FROM blocked_terms WHERE guild_id = ? AND term_key = ?", (guild_id, key))
@@ -839,5 +895,4 @@ class Storage:
                 guild_id, actor_id, "blocked term", f"{existing.term} ({existing.action})", None, self._clock()
             )
             await self._audit(entry)
-            self._terms.pop(guild_id, None)
         return entry

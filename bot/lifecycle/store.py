@@ -12,12 +12,12 @@ import dataclasses
 import logging
 import os
 import socket
-import sqlite3
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
+from bot.db import StorageError
 from bot.lifecycle.states import State
 from bot.storage import Front, JobRecord, NotOwner, OutputMeta, Storage
 
@@ -61,7 +61,7 @@ class JobStore:
         for attempt in range(self.attempts):
             try:
                 return await op()
-            except sqlite3.Error as exc:
+            except StorageError as exc:
                 if attempt == self.attempts - 1:
                     log.error("database: %s failed %d times, giving up: %s", what, self.attempts, exc)
                     raise StoreUnavailable(what) from exc

@@ -1,6 +1,7 @@
 -- The job lifecycle: new states (preparing, submitting), one owner with a lease per running job, delivery as
 -- its own fact, cancel requests any process can leave, and the provider outputs kept until they are delivered.
 -- SQLite cannot change a CHECK constraint, so the table is rebuilt (the runner turns foreign keys off meanwhile).
+-- One file for both backends: the runner gives PostgreSQL its names for the types (see bot/db/postgres.py).
 
 CREATE TABLE jobs_new (
     id                  TEXT PRIMARY KEY,
@@ -49,8 +50,19 @@ SELECT
     erased_at
 FROM jobs;
 
+-- job_inputs is rebuilt too, referencing jobs_new, so that the old jobs table can be dropped on PostgreSQL (which
+-- refuses while a reference to it remains); SQLite (3.26+) rewrites the reference when jobs_new is renamed.
+CREATE TABLE job_inputs_new (
+    job_id   TEXT PRIMARY KEY REFERENCES jobs_new (id) ON DELETE CASCADE,
+    original BLOB NOT NULL,
+    mask     BLOB
+);
+INSERT INTO job_inputs_new (job_id, original, mask) SELECT job_id, original, mask FROM job_inputs;
+
+DROP TABLE job_inputs;
 DROP TABLE jobs;
 ALTER TABLE jobs_new RENAME TO jobs;
+ALTER TABLE job_inputs_new RENAME TO job_inputs;
 CREATE INDEX jobs_user_created ON jobs (user_id, created_at);
 CREATE INDEX jobs_guild_created ON jobs (guild_id, created_at);
 CREATE INDEX jobs_status ON jobs (status);
