@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from bot import db
 from bot.lifecycle.states import IllegalMove, State
 from bot.storage import JobRecord, Migration, NotOwner, OutputMeta, Storage, load_migrations
 
@@ -47,44 +48,56 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-async def store(clock: Clock) -> AsyncIterator[Storage]:
-    async with await Storage.open(":memory:", clock=clock) as storage:
+async def store(clock: Clock, database_target: str | Path) -> AsyncIterator[Storage]:
+    async with await Storage.open(database_target, clock=clock) as storage:
         yield storage
 
 
-async def test_migrations_apply_once_and_reopen_cleanly(tmp_path: Path) -> None:
-    path = tmp_path / "data" / "nested" / "bot.db"  # the folder does not exist yet
-    async with await Storage.open(path) as storage:
+async def tables(storage: Storage) -> set[str]:
+    if storage.dialect == "sqlite":
+        rows = await storage._rows("SELECT name FROM sqlite_master WHERE type = 'table'")
+    else:
+        rows = await storage._rows("SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")
+    return {r[0] for r in rows}
+
+
+async def test_migrations_apply_once_and_reopen_cleanly(database_target: str | Path) -> None:
+    target = database_target
+    if isinstance(target, Path):
+        target = target.parent / "data" / "nested" / "bot.db"  # the folder does not exist yet
+    async with await Storage.open(target) as storage:
         assert await storage.applied_migrations() == [1, 2]
         await storage.create_job(job("j1"), b"img", None)
-    async with await Storage.open(path) as storage:
+    async with await Storage.open(target) as storage:
         assert await storage.applied_migrations() == [1, 2]
         assert (await storage.get_job("j1")) is not None
         assert await storage.load_inputs("j1") == (b"img", None)
-    with sqlite3.connect(path) as raw:
-        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert raw.execute("SELECT COUNT(*) FROM schema_migrations").fetchone()[0] == 2
+        assert {"jobs", "job_inputs", "job_outputs", "guild_settings", "schema_migrations"} <= await tables(storage)
+        assert not {"jobs_new", "job_inputs_new"} & await tables(storage)
+    if isinstance(target, Path):
+        with sqlite3.connect(target) as raw:
+            assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+            assert raw.execute("SELECT COUNT(*) FROM schema_migrations").fetchone()[0] == 2
 
 
-async def test_new_migration_applies_on_reopen_and_a_failing_one_rolls_back(tmp_path: Path) -> None:
-    path = tmp_path / "bot.db"
+async def test_new_migration_applies_on_reopen_and_a_failing_one_rolls_back(database_target: str | Path) -> None:
+    target = database_target
     base = load_migrations()
     assert [(m.version, m.name) for m in base] == [(1, "initial"), (2, "lifecycle")]
-    async with await Storage.open(path):  # first start: the shipped migrations
+    async with await Storage.open(target):  # first start: the shipped migrations
         pass
     extra = Migration(3, "notes", "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT); -- a; comment\n"
                                   "INSERT INTO notes (body) VALUES ('x;y');")
-    async with await Storage.open(path, migrations=(*base, extra)) as storage:
+    async with await Storage.open(target, migrations=(*base, extra)) as storage:
         assert await storage.applied_migrations() == [1, 2, 3]
     broken = Migration(4, "broken", "CREATE TABLE half (id INTEGER); INSERT INTO missing VALUES (1);")
-    with pytest.raises(sqlite3.OperationalError):
-        await Storage.open(path, migrations=(*base, extra, broken))
-    with sqlite3.connect(path) as raw:
-        tables = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        assert "half" not in tables  # the whole migration rolled back
-        assert raw.execute("SELECT body FROM notes").fetchone()[0] == "x;y"
+    with pytest.raises(db.StorageError):
+        await Storage.open(target, migrations=(*base, extra, broken))
+    async with await Storage.open(target, migrations=(*base, extra)) as storage:
+        assert "half" not in await tables(storage)  # the whole migration rolled back
+        assert [tuple(r) for r in await storage._rows("SELECT id, body FROM notes")] == [(1, "x;y")]
     with pytest.raises(RuntimeError, match="does not know"):
-        await Storage.open(path, migrations=base)  # the database is newer than this code
+        await Storage.open(target, migrations=base)  # the database is newer than this code
 
 
 async def test_job_round_trip_with_inputs(store: Storage, clock: Clock) -> None:
@@ -101,29 +114,26 @@ async def test_job_round_trip_with_inputs(store: Storage, clock: Clock) -> None:
 
 async def test_create_job_is_one_transaction(store: Storage) -> None:
     await store.create_job(job("j1"), b"first", None)
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(db.IntegrityError):
         await store.create_job(job("j1"), b"second", None)
     assert await store.load_inputs("j1") == (b"first", None)
     # The failed insert left no transaction open.
     await store.create_job(job("j2"), b"ok", None)
 
 
-async def test_upgrade_from_the_first_schema_keeps_jobs_and_their_meaning(tmp_path: Path) -> None:
+async def test_upgrade_from_the_first_schema_keeps_jobs_and_their_meaning(database_target: str | Path) -> None:
     """A database written by the first version: running jobs stay resumable, a create in flight is never resent,
     finished jobs count as delivered, inputs survive the table rebuild."""
-    path = tmp_path / "old.db"
     first = [m for m in load_migrations() if m.version == 1]
-    async with await Storage.open(path, migrations=first):
-        pass
-    with sqlite3.connect(path) as raw:
+    async with await Storage.open(database_target, migrations=first) as old, old._transaction():
         for job_id, status, handle in (("run", "running", '{"provider": "bfl", "job_id": "x"}'),
                                        ("sent", "starting", None), ("done", "succeeded", None)):
-            raw.execute(
+            await old._execute(
                 "INSERT INTO jobs (id, kind, user_id, channel_id, provider, model, status, handle, request, prompt, "
                 "application_id, created_at, updated_at, finished_at) VALUES (?, 'fill', 1, 2, 'bfl', 'm', ?, ?, "
                 "'{}', 'p', 3, 10, 11, 12)", (job_id, status, handle))
-            raw.execute("INSERT INTO job_inputs (job_id, original) VALUES (?, x'01')", (job_id,))
-    async with await Storage.open(path) as storage:
+            await old._execute("INSERT INTO job_inputs (job_id, original) VALUES (?, ?)", (job_id, b"\x01"))
+    async with await Storage.open(database_target) as storage:
         run, sent, done = [await storage.get_job(j) for j in ("run", "sent", "done")]
         assert run is not None and run.state is State.RUNNING and run.delivered_at is None
         assert sent is not None and sent.state is State.SUBMITTING  # it may exist: never submitted again
