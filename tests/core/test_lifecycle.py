@@ -1,5 +1,6 @@
 """The job lifecycle against real provider clients and fake provider servers, on a real SQLite file: progress,
-cancellation in every state and on every provider, database faults, and two processes on one database.
+cancellation in every state and on every provider, database faults, and two processes on one database. Tests
+taking `database_target` run on PostgreSQL too (those about SQLite's own locks stay on SQLite).
 
 Front ends are replaced by a recording sink (the lifecycle's own interface), nothing of the lifecycle is mocked.
 """
@@ -91,8 +92,9 @@ class Process:
         return sink.endings[0]
 
 
-def settings_for(db: Path, **env: str) -> Settings:
-    return load_settings({"DATABASE_PATH": str(db), "POLL_INTERVAL": "0.05", "JOB_DEADLINE": "30",
+def settings_for(db: str | Path, **env: str) -> Settings:
+    where = {"DATABASE_PATH": str(db)} if isinstance(db, Path) else {"DATABASE_URL": db}
+    return load_settings({**where, "POLL_INTERVAL": "0.05", "JOB_DEADLINE": "30",
                           "JOB_LEASE_SECONDS": "0.6", "ALLOW_PRIVATE_DOWNLOADS": "true", **env})
 
 
@@ -100,9 +102,10 @@ LONG_LEASE = "2.0"  # for tests where a busy machine must not make a live proces
 
 
 @contextlib.asynccontextmanager
-async def process(db: Path, *, busy_timeout: float = 5.0, **env: str) -> AsyncIterator[Process]:
+async def process(db: str | Path, *, busy_timeout: float = 5.0, **env: str) -> AsyncIterator[Process]:
     settings = settings_for(db, **env)
-    async with FillService(settings) as service, await Storage.open(db, busy_timeout=busy_timeout) as storage:
+    async with FillService(settings) as service, \
+            await Storage.open(settings.database_target, busy_timeout=busy_timeout) as storage:
         lifecycle = Lifecycle(settings, storage, service)
         try:
             yield Process(settings, storage, service, lifecycle)
@@ -127,9 +130,9 @@ def replicate_env(fake: FakeReplicate, **extra: str) -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------------------------------ progress
-async def test_replicate_progress_reaches_the_front_end_while_running(tmp_path: Path) -> None:
+async def test_replicate_progress_reaches_the_front_end_while_running(database_target: str | Path) -> None:
     async with FakeReplicate(duration=1.5, honour_wait=False, logs="percent") as fake, \
-            process(tmp_path / "bot.db", **replicate_env(fake)) as p:
+            process(database_target, **replicate_env(fake)) as p:
         job_id = await p.submit()
         await until(lambda: any(s.state is State.RUNNING and s.progress for s in p.sinks[job_id].shown),
                     what="a percentage while running")
@@ -221,8 +224,8 @@ async def _at_provider(p: Process, job_id: str) -> bool:
     return (await p.status(job_id)) in (State.STARTING, State.RUNNING)
 
 
-async def test_cancel_from_another_process_is_seen_by_the_owner(tmp_path: Path) -> None:
-    db = tmp_path / "bot.db"
+async def test_cancel_from_another_process_is_seen_by_the_owner(database_target: str | Path) -> None:
+    db = database_target
     async with FakeReplicate(duration=5, honour_wait=False) as fake, \
             process(db, **replicate_env(fake)) as owner, process(db, **replicate_env(fake)) as other:
         job_id = await owner.submit()
@@ -287,8 +290,10 @@ async def _no_active(storage: Storage) -> bool:
 
 
 # ------------------------------------------------------------------------------------ two processes, one db
-async def test_two_processes_never_run_the_same_job_and_one_takes_over_from_a_dead_one(tmp_path: Path) -> None:
-    db = tmp_path / "bot.db"
+async def test_two_processes_never_run_the_same_job_and_one_takes_over_from_a_dead_one(
+    database_target: str | Path,
+) -> None:
+    db = database_target
     async with FakeReplicate(duration=8.0, honour_wait=False) as fake:  # still running when their process dies
         env = replicate_env(fake, JOB_LEASE_SECONDS=LONG_LEASE)
         async with process(db, **env) as survivor:
@@ -330,10 +335,10 @@ class Doomed:
         await self.storage.close()
 
 
-async def _start_dying(db: Path, env: dict[str, str]) -> Doomed:
+async def _start_dying(db: str | Path, env: dict[str, str]) -> Doomed:
     settings = settings_for(db, **env)
     service = FillService(settings)
-    storage = await Storage.open(db)
+    storage = await Storage.open(settings.database_target)
     lifecycle = Lifecycle(settings, storage, service)
     p = Process(settings, storage, service, lifecycle)
     lifecycle.serve("cli", _never)
