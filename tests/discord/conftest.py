@@ -13,6 +13,7 @@ from PIL import Image, ImageDraw
 
 from bot.app import FillBot, create_bot
 from bot.config import Settings, load_settings
+from tests.conftest import BACKENDS, fresh_database
 from tests.fakes.discord_api import FakeMessage
 from tests.fakes.discord_harness import DiscordHarness, Dispatched
 
@@ -46,12 +47,29 @@ def settings_for(tmp_path: Path, **env: str) -> Settings:
 
 
 
+# A representative set of end-to-end tests (a fill, restarts, a burst, moderation and history) also runs with the
+# bot on PostgreSQL; the rest stay on SQLite to keep the suite quick.
+both_backends = pytest.mark.parametrize("bot_database", BACKENDS, indirect=True)
+
+
 @pytest.fixture
-def make_bot(tmp_path: Path) -> Callable[..., FillBot]:
-    """Build the real bot with fast edits; the database file lives in tmp_path (survives 'restarts')."""
+async def bot_database(request: pytest.FixtureRequest) -> AsyncIterator[dict[str, str]]:
+    """The bot's database settings: none extra (the SQLite file in tmp_path), or with `both_backends` also a fresh
+    PostgreSQL database."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        yield {}
+        return
+    async with fresh_database(request.getfixturevalue("postgres_server")) as url:
+        yield {"DATABASE_URL": url}
+
+
+@pytest.fixture
+def make_bot(tmp_path: Path, bot_database: dict[str, str]) -> Callable[..., FillBot]:
+    """Build the real bot with fast edits; its database (a file in tmp_path, or PostgreSQL with `both_backends`)
+    survives 'restarts'."""
 
     def build(**env: str) -> FillBot:
-        return create_bot(settings_for(tmp_path, **env), edit_interval=0.05)
+        return create_bot(settings_for(tmp_path, **bot_database, **env), edit_interval=0.05)
 
     return build
 

@@ -16,6 +16,7 @@ from bot.app import FillBot
 from cogs import delivery
 from tests.discord.conftest import (
     TESTDATA,
+    both_backends,
     decode,
     final_reply,
     is_final,
@@ -143,6 +144,7 @@ def replicate_env(fake: FakeReplicate) -> dict[str, str]:
 # ------------------------------------------------------------------------------------- happy paths
 
 
+@both_backends
 async def test_fill_with_local_provider_delivers_composited_result(make_bot) -> None:
     bot: FillBot = make_bot()
     async with running(bot) as h:
@@ -442,6 +444,7 @@ async def test_edit_and_rerun_keeps_the_seed_and_changes_the_prompt(
         assert not h.errors
 
 
+@both_backends
 async def test_rerun_still_works_after_a_restart(make_bot, fake_replicate: FakeReplicate) -> None:
     env = replicate_env(fake_replicate)
     async with running(make_bot(**env)) as h:

@@ -17,7 +17,7 @@ import pytest
 
 from bot.app import FillBot
 from bot.storage import Storage
-from tests.discord.conftest import mask_for, photo, running
+from tests.discord.conftest import both_backends, mask_for, photo, running
 from tests.fakes.bfl_server import FakeBFL
 from tests.fakes.discord_api import FakeChannel, FakeMessage
 from tests.fakes.discord_harness import (
@@ -404,6 +404,7 @@ async def test_guild_daily_quota(make_bot: Callable[..., FillBot]) -> None:
     ],
     ids=["concurrency", "daily-quota"],
 )
+@both_backends
 async def test_limits_hold_under_a_burst_of_50(
     make_bot: Callable[..., FillBot], fake_replicate: FakeReplicate, limits: dict[str, int], refusal: str
 ) -> None:
@@ -569,6 +570,7 @@ async def test_strip_term_is_removed_from_the_prompt_and_told_privately(
 
 
 # ------------------------------------------------------------------------------------------------- audit
+@both_backends
 async def test_audit_log_records_who_changed_what(make_bot: Callable[..., FillBot]) -> None:
     async with serve(make_bot()) as h:
         await configure(h, safety=3)
@@ -589,6 +591,7 @@ async def test_audit_log_records_who_changed_what(make_bot: Callable[..., FillBo
 
 
 # ------------------------------------------------------------------------------------------------ history
+@both_backends
 async def test_history_show_and_erase(make_bot: Callable[..., FillBot]) -> None:
     async with serve(make_bot()) as h:
         jobs = [job_id(await run_fill(h, "first")), job_id(await run_fill(h, "second"))]
@@ -609,6 +612,7 @@ async def test_history_show_and_erase(make_bot: Callable[..., FillBot]) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ restarts
+@both_backends
 async def test_job_running_at_restart_is_delivered_once(
     make_bot: Callable[..., FillBot], fake_replicate: FakeReplicate
 ) -> None:
@@ -663,6 +667,7 @@ async def test_job_submitting_at_restart_ends_with_rerun_message(
         assert record is not None and record.status == "failed"
 
 
+@both_backends
 async def test_settings_and_blocked_terms_survive_a_restart(
     make_bot: Callable[..., FillBot], fake_bfl: FakeBFL
 ) -> None:
