@@ -8,7 +8,10 @@ worker has its own) in a temporary folder, on a Unix socket only; each test gets
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
 import uuid
+import warnings
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -32,10 +35,22 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A PostgreSQL server for this test process; yields the URL of its maintenance database."""
     import pgserver  # only when a test asks for PostgreSQL
 
-    server = pgserver.get_server(tmp_path_factory.mktemp("postgres") / "data", cleanup_mode="delete")
-    # Test data need not survive a power cut: skip the disk flushes (each is a reloadable setting).
-    server.psql("ALTER SYSTEM SET fsync = off; ALTER SYSTEM SET synchronous_commit = off; "
-                "ALTER SYSTEM SET full_page_writes = off; SELECT pg_reload_conf();")
+    # pg_ctl waits 60 s for the server by default; a machine busy with other test processes may need longer.
+    os.environ.setdefault("PGCTLTIMEOUT", "180")
+    for attempt in (1, 2):
+        data = tmp_path_factory.mktemp("postgres") / "data"
+        try:
+            server = pgserver.get_server(data, cleanup_mode="delete")
+            # Test data need not survive a power cut: skip the disk flushes (each is a reloadable setting).
+            server.psql("ALTER SYSTEM SET fsync = off; ALTER SYSTEM SET synchronous_commit = off; "
+                        "ALTER SYSTEM SET full_page_writes = off; SELECT pg_reload_conf();")
+            break
+        except (subprocess.CalledProcessError, OSError) as exc:
+            log = data / "log"
+            tail = log.read_text(errors="replace")[-3000:] if log.exists() else "(no server log)"
+            if attempt == 2:
+                raise RuntimeError(f"the test PostgreSQL server did not start: {exc}\n{tail}") from exc
+            warnings.warn(f"the test PostgreSQL server did not start, trying again: {exc}\n{tail}", stacklevel=1)
     try:
         yield server.get_uri()
     finally:
