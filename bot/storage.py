@@ -386,7 +386,9 @@ class Storage:
             await self._execute(
                 "INSERT OR REPLACE INTO job_inputs (job_id, original, mask) VALUES (?, ?, ?)", (job_id, original, mask)
             )
-            release = ", lease_until = 0" if hand_off else ""
+            # No owner and no lease: waiting for a worker, and counted by every limit meanwhile (a lapsed lease
+            # would mean a dead process, whose jobs count only once taken over).
+            release = ", owner = NULL, lease_until = NULL" if hand_off else ""
             await self._execute(
                 f"UPDATE jobs SET status = ?, notices = ?, updated_at = ?{release} WHERE id = ?",
                 (State.QUEUED.value, json.dumps(list(notices)), self._clock(), job_id),

@@ -82,3 +82,17 @@ async def test_cancel_before_a_worker_claims_the_job_sends_nothing(tmp_path: Pat
             assert "nothing was charged" in final.text
             assert fake.count("POST", "create") == 0
             assert not h.errors
+
+
+async def test_jobs_waiting_for_a_worker_count_toward_the_member_limits(tmp_path: Path) -> None:
+    async with FakeReplicate(duration=0.3, honour_wait=False) as fake:
+        env = job_env(fake, tmp_path, EXTERNAL_WORKERS="true", MAX_QUEUED_PER_MEMBER="0")
+        async with running(create_bot(settings_for(tmp_path, **env), edit_interval=0.05)) as h:
+            for n in range(2):  # no worker runs yet: both wait in the database
+                sent = await h.dispatch(fill(h, f"waiting {n}"))
+                await h.wait_for(lambda s=sent: (m := h.original(s)) is not None and bool(m.custom_ids()),
+                                 timeout=15, message="the queued reply")
+            third = await h.dispatch(fill(h, "one too many"))
+            text = await h.wait_for(lambda: h.ephemeral_text(third), timeout=10, message="the refusal")
+            assert "You already have 2 jobs running" in text, text  # the server's default: 2 at a time
+            assert fake.count("POST", "create") == 0
