@@ -13,7 +13,7 @@ import contextlib
 import logging
 import math
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -194,7 +194,7 @@ def run_bot(settings: Settings, shards: ShardPlan | None = None) -> int:
     return 0
 
 
-async def run_worker(settings: Settings) -> int:
+async def run_worker(settings: Settings, *, on_ready: Callable[[], None] | None = None) -> int:
     """A job worker: no gateway, only Discord's REST API, running the jobs the bot processes queue until it is
     stopped (SIGTERM or Ctrl-C hand its jobs back at once)."""
     token = settings.require_discord_token()
@@ -206,6 +206,8 @@ async def run_worker(settings: Settings) -> int:
     async with bot:
         await bot.login(token.reveal())  # runs setup_hook: the lifecycle starts claiming jobs
         log.info("job worker %s running (at most %d jobs)", bot.lifecycle.owner, settings.worker_max_jobs)
+        if on_ready is not None:
+            on_ready()
         await stop.wait()
     return 0
 

@@ -23,9 +23,8 @@ from typing import Any
 
 from discord.http import Route
 
-from bot.app import ShardPlan, create_bot
+from bot.app import ShardPlan, create_bot, run_worker
 from bot.config import load_settings
-from bot.lifecycle.jobs import Mode
 from bot.service import FillService
 from cogs.live_reply import LiveReply
 
@@ -66,13 +65,10 @@ async def main(config_path: str) -> None:
     if crash_at:
         CRASH_POINTS[crash_at]()
     Route.BASE = config["api_base"]
-    settings = load_settings(config["env"])
+    settings = load_settings({"DISCORD_TOKEN": config["token"], **config["env"]})
     if config.get("mode") == "worker":  # `fillbot worker`: REST only, claims the jobs the bot processes queue
-        worker = create_bot(settings, edit_interval=0.05, mode=Mode.WORKER)
-        async with worker:
-            await worker.login(config["token"])
-            print("ready", flush=True)
-            await asyncio.Event().wait()
+        await run_worker(settings, on_ready=lambda: print("ready", flush=True))
+        return
     shards = config.get("shards")  # `fillbot run --shards … --shard-count …`
     plan = None if shards is None else ShardPlan(tuple(shards), int(config["shard_count"]))
     bot = create_bot(settings, edit_interval=0.05, shards=plan)

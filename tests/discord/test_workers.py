@@ -8,14 +8,23 @@ stops it without sending it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from bot.app import FillBot, create_bot
 from bot.lifecycle.jobs import Mode
 from tests.discord.conftest import final_reply, job_id_of, running, settings_for
-from tests.discord.test_crash import assert_delivered_once, creates_per_prompt, fill, job_env, slots_free
+from tests.discord.test_crash import (
+    assert_delivered_once,
+    child_bot,
+    creates_per_prompt,
+    fill,
+    job_env,
+    slots_free,
+)
 from tests.fakes.discord_harness import MEMBER_PERMISSIONS, DiscordHarness, FakeUser
 from tests.fakes.replicate_server import FakeReplicate
 
@@ -96,3 +105,20 @@ async def test_jobs_waiting_for_a_worker_count_toward_the_member_limits(tmp_path
             text = await h.wait_for(lambda: h.ephemeral_text(third), timeout=10, message="the refusal")
             assert "You already have 2 jobs running" in text, text  # the server's default: 2 at a time
             assert fake.count("POST", "create") == 0
+
+
+async def test_a_worker_stopped_with_sigterm_hands_its_jobs_over_at_once(tmp_path: Path) -> None:
+    async with FakeReplicate(duration=1.0, honour_wait=False) as fake:
+        env = job_env(fake, tmp_path, EXTERNAL_WORKERS="true", JOB_LEASE_SECONDS="600")  # only a handover helps
+        async with running(create_bot(settings_for(tmp_path, **env), edit_interval=0.05)) as h:
+            async with child_bot(h, env, [], tmp_path, name="worker", mode="worker") as worker:
+                sent = await h.dispatch(fill(h, "handed over"))
+                await h.wait_for(lambda: fake.count("GET", "get") >= 1, timeout=30, message="the worker polls")
+                worker.proc.send_signal(signal.SIGTERM)
+                async with asyncio.timeout(30):
+                    assert await worker.proc.wait() == 0, worker.log.read_text()
+            async with workers(h, env, tmp_path, 1):
+                message = await final_reply(h, sent, within=30)
+            assert_delivered_once(h, message)
+            assert fake.count("POST", "create") == 1  # carried on by polling, not sent again
+            assert not h.errors
