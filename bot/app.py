@@ -12,13 +12,18 @@ import asyncio
 import contextlib
 import logging
 import math
+import signal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import discord
 from discord.ext import commands, tasks
 
 from bot.config import Settings
-from bot.lifecycle.jobs import Lifecycle
+from bot.errors import ConfigError
+from bot.lifecycle.jobs import Lifecycle, Mode
 from bot.service import FillService
 from bot.storage import Storage
 from bot.web.server import WebServer
@@ -30,7 +35,10 @@ EXTENSIONS = ("cogs.errors", "cogs.jobflow", "cogs.buttons", "cogs.paint", "cogs
               "cogs.history")
 
 
-class FillBot(commands.Bot):
+class FillBot(commands.AutoShardedBot):
+    """Sharded the way Discord asks (`shard_count` None: as many as Discord recommends, all in this process);
+    `shard_ids` runs a subset, so several processes can share one bot."""
+
     def __init__(
         self,
         settings: Settings,
@@ -39,12 +47,19 @@ class FillBot(commands.Bot):
         storage: Storage | None = None,
         edit_interval: float = 1.5,
         recover: bool = True,
+        mode: Mode = Mode.LOCAL,
+        shard_ids: Sequence[int] | None = None,
+        shard_count: int | None = None,
     ) -> None:
         # No message content or member intents: everything arrives as interactions.
         intents = discord.Intents.none()
         intents.guilds = True
-        super().__init__(command_prefix=commands.when_mentioned, intents=intents, help_command=None)
+        shards: dict[str, Any] = {"shard_count": shard_count}
+        if shard_ids is not None:
+            shards["shard_ids"] = list(shard_ids)
+        super().__init__(command_prefix=commands.when_mentioned, intents=intents, help_command=None, **shards)
         self.settings = settings
+        self.mode = mode
         self.service = service or FillService(settings)
         self._storage = storage
         self._lifecycle: Lifecycle | None = None
@@ -67,8 +82,8 @@ class FillBot(commands.Bot):
     async def setup_hook(self) -> None:
         if self._storage is None:
             self._storage = await Storage.open(self.settings.database_target)
-        self._lifecycle = Lifecycle(self.settings, self._storage, self.service)
-        if self.settings.web is not None and self.recover:
+        self._lifecycle = Lifecycle(self.settings, self._storage, self.service, mode=self.mode)
+        if self.settings.web is not None and self.recover and self.mode is not Mode.WORKER:
             self.web = WebServer(self.settings.web, storage=self._storage, runner=self._lifecycle.runner,
                                  providers=self.service.providers, gateway_ok=self.gateway_connected)
             await self.web.start()
@@ -117,9 +132,16 @@ def create_bot(
     storage: Storage | None = None,
     edit_interval: float = 1.5,
     recover: bool = True,
+    mode: Mode | None = None,
+    shards: ShardPlan | None = None,
 ) -> FillBot:
-    """Build the bot and its dependencies without connecting (tests and tools use this too)."""
-    return FillBot(settings, service=service, storage=storage, edit_interval=edit_interval, recover=recover)
+    """Build the bot and its dependencies without connecting (tests and tools use this too). `mode` None: the
+    jobs run here, or by job workers when EXTERNAL_WORKERS is set."""
+    if mode is None:
+        mode = Mode.FRONT if settings.external_workers else Mode.LOCAL
+    return FillBot(settings, service=service, storage=storage, edit_interval=edit_interval, recover=recover,
+                   mode=mode, shard_ids=None if shards is None else shards.ids,
+                   shard_count=None if shards is None else shards.count)
 
 
 def explain_startup_failure(exc: BaseException) -> str | None:
@@ -137,10 +159,56 @@ def explain_startup_failure(exc: BaseException) -> str | None:
     return None
 
 
-def run_bot(settings: Settings) -> int:
+@dataclass(frozen=True)
+class ShardPlan:
+    """The shards one process runs, of `count` in all (`fillbot run --shards 0-3 --shard-count 8`)."""
+
+    ids: tuple[int, ...]
+    count: int
+
+    @classmethod
+    def parse(cls, ids: str, count: int) -> ShardPlan:
+        """"0-3", "4,6" or "0-1,5" of `count` shards; ConfigError says what is wrong."""
+        if count < 1:
+            raise ConfigError(f"--shard-count must be at least 1, not {count}.")
+        chosen: set[int] = set()
+        for part in ids.split(","):
+            first, dash, last = part.strip().partition("-")
+            if not first.isdigit() or (dash and not last.isdigit()):
+                raise ConfigError(f"--shards {ids!r}: write shard numbers and ranges such as 0-3 or 0,2,5.")
+            low, high = int(first), int(last) if dash else int(first)
+            if low > high or high >= count:
+                raise ConfigError(f"--shards {ids!r}: shards are numbered 0 to {count - 1} with --shard-count {count}.")
+            chosen.update(range(low, high + 1))
+        return cls(tuple(sorted(chosen)), count)
+
+    @property
+    def partial(self) -> bool:
+        return len(self.ids) < self.count
+
+
+def run_bot(settings: Settings, shards: ShardPlan | None = None) -> int:
     token = settings.require_discord_token()
-    bot = create_bot(settings)
+    bot = create_bot(settings, shards=shards)
     bot.run(token.reveal(), log_handler=None)
+    return 0
+
+
+async def run_worker(settings: Settings, *, on_ready: Callable[[], None] | None = None) -> int:
+    """A job worker: no gateway, only Discord's REST API, running the jobs the bot processes queue until it is
+    stopped (SIGTERM or Ctrl-C hand its jobs back at once)."""
+    token = settings.require_discord_token()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    bot = create_bot(settings, mode=Mode.WORKER)
+    async with bot:
+        await bot.login(token.reveal())  # runs setup_hook: the lifecycle starts claiming jobs
+        log.info("job worker %s running (at most %d jobs)", bot.lifecycle.owner, settings.worker_max_jobs)
+        if on_ready is not None:
+            on_ready()
+        await stop.wait()
     return 0
 
 

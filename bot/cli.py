@@ -76,7 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--env-file", default=DEFAULT_ENV_FILE, help="settings file to read (default: .env)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("run", help="start the bot (reads DISCORD_TOKEN and the rest from .env)")
+    run = sub.add_parser("run", help="start the bot (reads DISCORD_TOKEN and the rest from .env)")
+    run.add_argument("--shards", metavar="IDS", help="run only these shards, e.g. 0-3 (with --shard-count)")
+    run.add_argument("--shard-count", type=int, metavar="N", help="how many shards the bot has in all")
+    sub.add_parser("worker", help="run queued jobs for the bot processes (EXTERNAL_WORKERS; see Scaling out)")
     sync = sub.add_parser("sync", help="register the slash commands with Discord")
     sync.add_argument("--guild", type=int, help="sync to one server only (instant; global sync can take an hour)")
 
@@ -191,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in ("httpx", "httpcore", "bot"):
             logging.getLogger(name).setLevel(logging.WARNING)
     try:
-        if args.command in ("run", "sync"):
+        if args.command in ("run", "sync", "worker"):
             return _discord_command(settings, args)
         if args.command == "resume":
             return asyncio.run(_resume_job(settings, args, flags))
@@ -207,11 +210,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _discord_command(settings: Settings, args: argparse.Namespace) -> int:
-    from bot.app import explain_startup_failure, run_bot, sync_commands
+    from bot.app import ShardPlan, explain_startup_failure, run_bot, run_worker, sync_commands
 
     try:
         if args.command == "run":
-            return run_bot(settings)
+            if (args.shards is None) != (args.shard_count is None):
+                raise ConfigError("--shards and --shard-count go together, e.g. --shards 0-3 --shard-count 8.")
+            shards = None if args.shards is None else ShardPlan.parse(args.shards, args.shard_count)
+            return run_bot(settings, shards)
+        if args.command == "worker":
+            return asyncio.run(run_worker(settings))
         return asyncio.run(sync_commands(settings, guild_id=args.guild))
     except Exception as exc:
         explained = explain_startup_failure(exc)

@@ -100,6 +100,8 @@ class Settings:
     web: WebSettings | None = None
     rules: OperatorRules = OperatorRules()
     allow_private_downloads: bool = False  # fetch results from loopback/private hosts (local set-ups, tests)
+    external_workers: bool = False  # bot processes only admit jobs; `fillbot worker` processes run them
+    worker_max_jobs: int = 50  # jobs one worker process runs at once (waiting at the provider included)
     database_url: Secret | None = None  # postgresql://…: PostgreSQL instead of the SQLite file (it holds a password)
 
     @property
@@ -320,6 +322,8 @@ def load_settings(env: Mapping[str, str] | None = None, *, env_file: str | os.Pa
         dev_guild_id=int(guild) if guild else None,
         job_lease=read.number("JOB_LEASE_SECONDS", 30.0, minimum=0.2, maximum=600.0),
         allow_private_downloads=read.flag("ALLOW_PRIVATE_DOWNLOADS", False),
+        external_workers=read.flag("EXTERNAL_WORKERS", False),
+        worker_max_jobs=read.integer("WORKER_MAX_JOBS", 50, minimum=1, maximum=10_000),
         database_url=_database_url(read),
         web=_web_settings(read),
         rules=_operator_rules(read),

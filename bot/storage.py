@@ -397,9 +397,11 @@ class Storage:
         return current
 
     async def queue_job(
-        self, job_id: str, owner: str, original: bytes, mask: bytes | None, notices: Sequence[str]
+        self, job_id: str, owner: str, original: bytes, mask: bytes | None, notices: Sequence[str],
+        *, hand_off: bool = False,
     ) -> None:
-        """Store the prepared pictures and move the job from `preparing` to `queued`, together."""
+        """Store the prepared pictures and move the job from `preparing` to `queued`, together. `hand_off`
+        gives up the lease in the same step, for a job worker to claim."""
         async with self._transaction():
             current = await self._owned(job_id, owner)
             check_move(current.state, State.QUEUED)
@@ -408,8 +410,11 @@ class Storage:
                 "DO UPDATE SET original = excluded.original, mask = excluded.mask",
                 (job_id, original, mask),
             )
+            # No owner and no lease: waiting for a worker, and counted by every limit meanwhile (a lapsed lease
+            # would mean a dead process, whose jobs count only once taken over).
+            release = ", owner = NULL, lease_until = NULL" if hand_off else ""
             await self._execute(
-                "UPDATE jobs SET status = ?, notices = ?, updated_at = ? WHERE id = ?",
+                f"UPDATE jobs SET status = ?, notices = ?, updated_at = ?{release} WHERE id = ?",
                 (State.QUEUED.value, json.dumps(list(notices)), self._clock(), job_id),
             )
 
@@ -483,14 +488,59 @@ class Storage:
             )
             return await self._job_unlocked(job_id) if changed else None
 
-    async def claimable_jobs(self, front: Front, limit: int = 100) -> list[JobRecord]:
-        """Undelivered jobs nobody holds a lease on, oldest first."""
+    async def claimable_jobs(self, front: Front, limit: int = 100, *, queued: bool = True) -> list[JobRecord]:
+        """Undelivered jobs nobody holds a lease on, oldest first. `queued=False` leaves out the jobs still
+        waiting for a provider slot: job workers take those through `claim_next_queued`, which keeps the
+        provider limits."""
+        skip = "" if queued else f"AND status <> '{State.QUEUED.value}' "
         rows = await self._rows(
-            f"{_SELECT_JOB} WHERE front = ? AND delivered_at IS NULL AND erased_at IS NULL "
+            f"{_SELECT_JOB} WHERE front = ? AND delivered_at IS NULL AND erased_at IS NULL {skip}"
             "AND (owner IS NULL OR lease_until IS NULL OR lease_until < ?) ORDER BY created_at, id LIMIT ?",
             (front, self._clock(), limit),
         )
         return [_job_from_row(r) for r in rows]
+
+    async def claim_next_queued(
+        self, front: Front, owner: str, lease_until: float, capacity: Mapping[str, int]
+    ) -> JobRecord | None:
+        """Claim the queued job to send next, across every process: only for a provider with a free slot
+        (`capacity`: each provider account's limit), fairly (the server with the fewest jobs at that provider
+        first, then the member with the fewest, then the oldest), and canceled ones first, whatever the
+        provider's load (they end without being sent). None when nothing may go now.
+
+        A job holds its provider slot from its claim (a queued job with a live lease: about to be sent) until it
+        ends; a job the provider has counts even when its process died (the provider is still running it). The
+        count and the pick must be one step, which row locks alone cannot give (two processes could each lock a
+        different row and both see room), so claims take one dispatch lock: on PostgreSQL an advisory lock, on
+        SQLite the write lock every transaction takes anyway."""
+        now = self._clock()
+        sent = ", ".join(f"'{s.value}'" for s in (State.SUBMITTING, State.STARTING, State.RUNNING))
+        holds_slot = (f"(a.status IN ({sent}) OR (a.status = '{State.QUEUED.value}' AND a.owner IS NOT NULL "
+                      "AND a.lease_until >= ?))")
+        async with self._transaction():
+            await self._lock_in_transaction("dispatch")
+            busy = {r["provider"]: int(r["n"]) for r in await self._rows_unlocked(
+                f"SELECT a.provider, COUNT(*) AS n FROM jobs a WHERE {holds_slot} GROUP BY a.provider", (now,))}
+            free = [name for name, limit in capacity.items() if busy.get(name, 0) < limit]
+            rooms = f"j.provider IN ({_placeholders(free)}) OR " if free else ""
+            same_server = ("((j.guild_id IS NOT NULL AND a.guild_id = j.guild_id) OR "
+                           "(j.guild_id IS NULL AND a.guild_id IS NULL AND a.user_id = j.user_id))")
+            rows = await self._rows_unlocked(
+                f"{_SELECT_JOB} j WHERE j.front = ? AND j.status = '{State.QUEUED.value}' "
+                "AND j.delivered_at IS NULL AND j.erased_at IS NULL "
+                "AND (j.owner IS NULL OR j.lease_until IS NULL OR j.lease_until < ?) "
+                f"AND ({rooms}j.cancel_requested_at IS NOT NULL) "
+                "ORDER BY CASE WHEN j.cancel_requested_at IS NULL THEN 1 ELSE 0 END, "
+                f"(SELECT COUNT(*) FROM jobs a WHERE a.provider = j.provider AND {holds_slot} AND {same_server}), "
+                f"(SELECT COUNT(*) FROM jobs a WHERE a.provider = j.provider AND {holds_slot} "
+                "AND a.user_id = j.user_id), j.created_at, j.id LIMIT 1",
+                (front, now, *free, now, now),
+            )
+            if not rows:
+                return None
+            job_id = rows[0]["id"]
+            await self._execute("UPDATE jobs SET owner = ?, lease_until = ? WHERE id = ?", (owner, lease_until, job_id))
+            return await self._job_unlocked(job_id)
 
     async def renew_leases(self, owner: str, job_ids: Sequence[str], lease_until: float) -> set[str]:
         """Extend this owner's leases; returns the ids it still owns (a job missing here was taken over)."""

@@ -74,7 +74,7 @@ class SafeModal(discord.ui.Modal):
         await report(interaction, error, f"modal {type(self).__name__}")
 
 
-async def setup(bot: commands.Bot) -> None:
+async def setup(bot: commands.Bot | commands.AutoShardedBot) -> None:
     """Every command error goes through `report`."""
 
     async def on_error(interaction: discord.Interaction[Any], error: app_commands.AppCommandError) -> None:

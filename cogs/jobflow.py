@@ -95,7 +95,7 @@ class Admission:
 CogT = TypeVar("CogT", bound=commands.Cog)
 
 
-def loaded(bot: commands.Bot, kind: type[CogT]) -> CogT:
+def loaded(bot: commands.Bot | commands.AutoShardedBot, kind: type[CogT]) -> CogT:
     """The loaded cog of class `kind` (cogs reach each other through this, not through the bot's attributes)."""
     cog = bot.get_cog(kind.__cog_name__)
     if not isinstance(cog, kind):
@@ -103,7 +103,7 @@ def loaded(bot: commands.Bot, kind: type[CogT]) -> CogT:
     return cog
 
 
-def flow(bot: commands.Bot) -> JobFlow:
+def flow(bot: commands.Bot | commands.AutoShardedBot) -> JobFlow:
     """The loaded JobFlow cog (other cogs start jobs through it)."""
     return loaded(bot, JobFlow)
 

@@ -72,7 +72,7 @@ def has_holes(data: bytes, limits: Limits, what: str) -> bool:
     return load_image(data, limits, what=what).image.mode == "RGBA"
 
 
-def paint(bot: commands.Bot) -> PaintCog:
+def paint(bot: commands.Bot | commands.AutoShardedBot) -> PaintCog:
     return loaded(bot, PaintCog)
 
 

@@ -42,11 +42,14 @@ SinkFactory = Callable[[JobRecord], Awaitable[JobSink]]
 class Keeper:
     """Renews this process's leases and (with a `sink_for`) takes over jobs whose owner stopped renewing theirs."""
 
-    def __init__(self, store: JobStore, runner: Runner, front: Front, sink_for: SinkFactory | None) -> None:
+    def __init__(
+        self, store: JobStore, runner: Runner, front: Front, sink_for: SinkFactory | None, *, queued: bool = True
+    ) -> None:
         self.store = store
         self.runner = runner
         self.front = front
         self.sink_for = sink_for
+        self.queued = queued  # False in a job worker: queued jobs are claimed through its Dispatcher
         self.interval = max(0.05, min(10.0, store.lease / 3))
         self._task: asyncio.Task[None] | None = None
 
@@ -80,7 +83,7 @@ class Keeper:
         """Claim and resume the jobs nobody holds; returns how many were taken."""
         assert self.sink_for is not None
         taken = 0
-        for record in await self.store.claimable(self.front):
+        for record in await self.store.claimable(self.front, queued=self.queued):
             if record.id in self.store.held:
                 continue  # ours (being prepared or delivered): its lease is renewed with the others
             claimed = await self.store.claim(record.id)

@@ -153,12 +153,15 @@ class Runner:
         self._queues = {name: SlotQueue(concurrency.get(name, 4)) for name in service.providers}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._left = asyncio.Event()  # set whenever a job leaves this process
+        self.on_leave: list[Callable[[], None]] = []  # called then too (a worker looks for its next job)
 
     # --------------------------------------------------------------------------------------------- entry
     def start(self, record: JobRecord, sink: JobSink, *, job: ProviderJob | None = None) -> LiveJob:
         """Drive `record` from its stored state to delivered, in the background. `job` is the prepared
         provider job of a fresh `queued` job (a resumed one is prepared again from its stored pictures)."""
         live = LiveJob(record, request_from_json(record.request), sink, record.state)
+        if record.cancel_requested_at is not None:
+            live.cancel.set()  # asked while no process ran it
         self.live[record.id] = live
         self.store.held.add(record.id)
         task = asyncio.create_task(self._drive(live, job), name=f"job-{record.id}")
@@ -475,3 +478,5 @@ class Runner:
         self._tasks.pop(live.id, None)
         self.store.held.discard(live.id)
         self._left.set()
+        for hook in self.on_leave:
+            hook()

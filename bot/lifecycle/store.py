@@ -14,7 +14,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TypeVar
 
 from bot.db import StorageError
@@ -82,8 +82,13 @@ class JobStore:
         await self._retry("discard job", lambda: self.storage.discard_job(job_id))
         self.held.discard(job_id)
 
-    async def queue(self, job_id: str, original: bytes, mask: bytes | None, notices: Sequence[str]) -> None:
-        await self._retry("store inputs", lambda: self.storage.queue_job(job_id, self.owner, original, mask, notices))
+    async def queue(
+        self, job_id: str, original: bytes, mask: bytes | None, notices: Sequence[str], *, hand_off: bool = False
+    ) -> None:
+        await self._retry("store inputs", lambda: self.storage.queue_job(job_id, self.owner, original, mask, notices,
+                                                                          hand_off=hand_off))
+        if hand_off:
+            self.held.discard(job_id)
 
     async def move(self, job_id: str, state: State, *, handle: str | None = None, error: str | None = None) -> None:
         await self._retry(
@@ -107,8 +112,14 @@ class JobStore:
     async def cancel_requested(self, job_id: str) -> bool:
         return await self._retry("read cancel request", lambda: self.storage.cancel_requested(job_id))
 
-    async def claimable(self, front: Front) -> list[JobRecord]:
-        return await self.storage.claimable_jobs(front)
+    async def claimable(self, front: Front, *, queued: bool = True) -> list[JobRecord]:
+        return await self.storage.claimable_jobs(front, queued=queued)
+
+    async def claim_next(self, front: Front, capacity: Mapping[str, int]) -> JobRecord | None:
+        claimed = await self.storage.claim_next_queued(front, self.owner, self.lease_until(), capacity)
+        if claimed is not None:
+            self.held.add(claimed.id)
+        return claimed
 
     async def claim(self, job_id: str) -> JobRecord | None:
         claimed = await self.storage.claim_job(job_id, self.owner, self.lease_until())

@@ -250,3 +250,26 @@ async def test_negative_region_in_a_subprocess_is_not_taken_for_a_flag(tmp_path:
 def test_a_prompt_starting_with_a_dash_is_kept_whole(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["fill", str(COFFEE), "--region", "1,1,5,5", "--provider", "replicate", "-p", "-a vase"])
     assert code == 1 and "not configured" in capsys.readouterr().err  # parsed, then refused for the provider
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--shards", "0-3"], "--shards and --shard-count go together"),
+    (["--shard-count", "8"], "--shards and --shard-count go together"),
+    (["--shards", "4-9", "--shard-count", "8"], "shards are numbered 0 to 7"),
+    (["--shards", "3-1", "--shard-count", "8"], "shards are numbered 0 to 7"),
+    (["--shards", "0-x", "--shard-count", "8"], "such as 0-3 or 0,2,5"),
+    (["--shards", "0", "--shard-count", "0"], "at least 1"),
+])
+def test_a_bad_shard_plan_is_one_line_naming_the_flag(
+    args: list[str], expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["run", *args]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and err.count("\n") == 1, err
+
+
+def test_shard_plans_cover_ranges_and_lists() -> None:
+    from bot.app import ShardPlan
+
+    assert ShardPlan.parse("0-1,5", 8) == ShardPlan((0, 1, 5), 8)
+    assert ShardPlan.parse("7", 8).partial and not ShardPlan.parse("0-1", 2).partial

@@ -1,4 +1,5 @@
-"""A real bot process for crash tests: `python -m tests.discord.crash_child CONFIG.json`.
+"""A real bot process for crash tests: `python -m tests.discord.crash_child CONFIG.json` (or, with "mode":
+"worker" in the config, a job worker that only claims and runs jobs).
 
 It logs in against the test's fake Discord API (whose address is in the config), caches the test guild as a
 GUILD_CREATE would, prints "ready", then feeds the INTERACTION_CREATE payloads it reads from stdin (one JSON
@@ -22,7 +23,7 @@ from typing import Any
 
 from discord.http import Route
 
-from bot.app import create_bot
+from bot.app import ShardPlan, create_bot, run_worker
 from bot.config import load_settings
 from bot.service import FillService
 from cogs.live_reply import LiveReply
@@ -64,9 +65,16 @@ async def main(config_path: str) -> None:
     if crash_at:
         CRASH_POINTS[crash_at]()
     Route.BASE = config["api_base"]
-    bot = create_bot(load_settings(config["env"]), edit_interval=0.05)
+    settings = load_settings({"DISCORD_TOKEN": config["token"], **config["env"]})
+    if config.get("mode") == "worker":  # `fillbot worker`: REST only, claims the jobs the bot processes queue
+        await run_worker(settings, on_ready=lambda: print("ready", flush=True))
+        return
+    shards = config.get("shards")  # `fillbot run --shards … --shard-count …`
+    plan = None if shards is None else ShardPlan(tuple(shards), int(config["shard_count"]))
+    bot = create_bot(settings, edit_interval=0.05, shards=plan)
     await bot.login(config["token"])
-    bot._connection._add_guild_from_data(config["guild"])
+    for guild in config.get("guilds") or [config["guild"]]:
+        bot._connection._add_guild_from_data(guild)
     bot._ready.set()
     bot.dispatch("ready")
     print("ready", flush=True)

@@ -66,12 +66,13 @@ class Child:
 @contextlib.asynccontextmanager
 async def child_bot(
     h: DiscordHarness, env: dict[str, str], payloads: list[dict[str, Any]], tmp_path: Path,
-    crash_at: str | None = None,
+    crash_at: str | None = None, *, name: str = "child", **extra: Any,
 ) -> AsyncIterator[Child]:
-    config = tmp_path / "child.json"
+    """A bot in its own process (`extra`: more of crash_child's settings, e.g. mode="worker")."""
+    config = tmp_path / f"{name}.json"
     config.write_text(json.dumps({
         "api_base": h.fake.api_base, "token": h.token, "guild": h._guild_payload(), "crash_at": crash_at,
-        "env": env,
+        "env": env, **extra,
     }))
     log = config.with_suffix(".log")
     with log.open("wb") as err:
