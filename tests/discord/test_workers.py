@@ -16,7 +16,7 @@ from pathlib import Path
 
 from bot.app import FillBot, create_bot
 from bot.lifecycle.jobs import Mode
-from tests.discord.conftest import final_reply, job_id_of, running, settings_for
+from tests.discord.conftest import both_backends, final_reply, job_id_of, running, settings_for
 from tests.discord.test_crash import (
     assert_delivered_once,
     child_bot,
@@ -54,9 +54,12 @@ async def workers(h: DiscordHarness, env: dict[str, str], tmp_path: Path, count:
             await bot.close()
 
 
-async def test_workers_run_every_job_once_within_the_provider_limit(tmp_path: Path) -> None:
+@both_backends
+async def test_workers_run_every_job_once_within_the_provider_limit(
+    tmp_path: Path, bot_database: dict[str, str]
+) -> None:
     async with FakeReplicate(duration=0.3, honour_wait=False) as fake:
-        env = job_env(fake, tmp_path, EXTERNAL_WORKERS="true", REPLICATE_MAX_CONCURRENCY="2")
+        env = job_env(fake, tmp_path, EXTERNAL_WORKERS="true", REPLICATE_MAX_CONCURRENCY="2", **bot_database)
         front = create_bot(settings_for(tmp_path, **env), edit_interval=0.05)
         assert front.mode is Mode.FRONT
         async with running(front) as h, workers(h, env, tmp_path, 2) as (one, two):
