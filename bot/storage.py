@@ -251,7 +251,8 @@ class Storage:
         """Open a SQLite file (created with its folder on first start) or a `postgresql://` URL, and bring the
         schema up to date.
 
-        `busy_timeout` (SQLite): how long one statement waits for a lock another process holds before it fails."""
+        `busy_timeout`: how long one statement waits for a lock another process holds before it fails (outside
+        `serialized`, whose blocks wait for each other as long as it takes)."""
         backend = await db.connect(target, busy_timeout=busy_timeout)
         storage = cls(backend, clock=clock)
         try:

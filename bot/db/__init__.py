@@ -25,11 +25,11 @@ def is_postgres_url(target: str | Path) -> bool:
 async def connect(target: str | Path, *, busy_timeout: float = 5.0) -> Backend:
     """A PostgreSQL pool for a `postgresql://` URL, else the SQLite file at `target` (or ":memory:").
 
-    `busy_timeout` (SQLite): how long one statement waits for a lock another process holds before it fails."""
+    `busy_timeout`: how long one statement waits for a lock another process holds before it fails."""
     if is_postgres_url(target):
         from bot.db.postgres import PostgresBackend
 
-        return await PostgresBackend.open(str(target))
+        return await PostgresBackend.open(str(target), lock_timeout=busy_timeout)
     from bot.db.sqlite import SQLiteBackend
 
     return await SQLiteBackend.open(target, busy_timeout=busy_timeout)

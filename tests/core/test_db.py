@@ -205,3 +205,16 @@ async def test_the_job_store_rides_out_dropped_connections_and_gives_up_on_a_las
     with pytest.raises(StoreUnavailable) as failure:
         await store.record(job("never"))
     assert isinstance(failure.value.__cause__, db.StorageError)
+
+
+async def test_a_lock_held_too_long_fails_like_a_busy_sqlite_database(postgres_url: str) -> None:
+    """A stuck process shows up as an error the job store retries (as SQLite's busy timeout does), not a hang."""
+    async with await Storage.open(postgres_url) as holder, \
+            await Storage.open(postgres_url, busy_timeout=0.1) as impatient:
+        await holder.create_job(job("j1"))
+        async with holder._transaction():
+            await holder._lock_in_transaction("job:j1")
+            with pytest.raises(db.StorageError):
+                await impatient.move_job("j1", "me", State.SUBMITTING)
+        moved = await impatient.move_job("j1", "me", State.SUBMITTING)
+        assert moved.state is State.SUBMITTING
