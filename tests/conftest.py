@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
+import tempfile
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Iterator
@@ -31,30 +33,38 @@ async def fake_replicate() -> AsyncIterator[FakeReplicate]:
 
 
 @pytest.fixture(scope="session")
-def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def postgres_server() -> Iterator[str]:
     """A PostgreSQL server for this test process; yields the URL of its maintenance database."""
     import pgserver  # only when a test asks for PostgreSQL
 
+    # Not under pytest's tmp_path: as root, pgserver runs the server as a `pgserver` user and opens the folders
+    # above the data to it, but every pytest session start closes /tmp/pytest-of-root again (to 0700), which
+    # would cut a running server off from its own files.
+    parent = Path(tempfile.mkdtemp(prefix="fillbot-pg-"))
     # pg_ctl waits 60 s for the server by default; a machine busy with other test processes may need longer.
     os.environ.setdefault("PGCTLTIMEOUT", "180")
-    for attempt in (1, 2):
-        data = tmp_path_factory.mktemp("postgres") / "data"
-        try:
-            server = pgserver.get_server(data, cleanup_mode="delete")
-            # Test data need not survive a power cut: skip the disk flushes (each is a reloadable setting).
-            server.psql("ALTER SYSTEM SET fsync = off; ALTER SYSTEM SET synchronous_commit = off; "
-                        "ALTER SYSTEM SET full_page_writes = off; SELECT pg_reload_conf();")
-            break
-        except (subprocess.CalledProcessError, OSError) as exc:
-            log = data / "log"
-            tail = log.read_text(errors="replace")[-3000:] if log.exists() else "(no server log)"
-            if attempt == 2:
-                raise RuntimeError(f"the test PostgreSQL server did not start: {exc}\n{tail}") from exc
-            warnings.warn(f"the test PostgreSQL server did not start, trying again: {exc}\n{tail}", stacklevel=1)
     try:
-        yield server.get_uri()
+        for attempt in (1, 2):
+            data = parent / f"data{attempt}"
+            try:
+                server = pgserver.get_server(data, cleanup_mode="delete")
+                # Test data need not survive a power cut: skip the disk flushes (each is a reloadable setting).
+                server.psql("ALTER SYSTEM SET fsync = off; ALTER SYSTEM SET synchronous_commit = off; "
+                            "ALTER SYSTEM SET full_page_writes = off; SELECT pg_reload_conf();")
+                break
+            except (subprocess.CalledProcessError, OSError) as exc:
+                log = data / "log"
+                tail = log.read_text(errors="replace")[-3000:] if log.exists() else "(no server log)"
+                if attempt == 2:
+                    raise RuntimeError(f"the test PostgreSQL server did not start: {exc}\n{tail}") from exc
+                warnings.warn(f"the test PostgreSQL server did not start, trying again: {exc}\n{tail}",
+                              stacklevel=1)
+        try:
+            yield server.get_uri()
+        finally:
+            server.cleanup()
     finally:
-        server.cleanup()
+        shutil.rmtree(parent, ignore_errors=True)
 
 
 def _with_database(url: str, name: str) -> str:
