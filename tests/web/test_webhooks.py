@@ -38,8 +38,10 @@ def _free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def web_process(db: Path, *, fallback: float = 30.0, **env: str) -> AsyncIterator[tuple[Process, WebServer]]:
-    port = _free_port()
+async def web_process(
+    db: Path, *, fallback: float = 30.0, port: int | None = None, **env: str
+) -> AsyncIterator[tuple[Process, WebServer]]:
+    port = port or _free_port()
     settings = settings_for(db, PUBLIC_URL=f"http://127.0.0.1:{port}", WEB_PORT=str(port),
                             WEBHOOK_FALLBACK_POLL=str(fallback), **env)
     async with FillService(settings) as service, await Storage.open(db) as storage:
