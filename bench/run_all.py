@@ -36,6 +36,7 @@ MODES: dict[str, dict[str, Any]] = {
         "preprocess": ["--runs", "15"],
         "providers": ["--reps", "5", "--durations", "2,10"],
         "bot": [],
+        "webhooks": [],
     },
     "quick": {
         "runs": 1,
@@ -43,6 +44,7 @@ MODES: dict[str, dict[str, Any]] = {
         "providers": ["--reps", "1", "--durations", "1,2"],
         "bot": ["--loads", "20", "--reps", "2", "--long-reps", "1", "--single-duration", "1", "--long-duration", "2",
                 "--load-duration", "2", "--probes", "5"],
+        "webhooks": ["--duration", "2", "--jobs", "1"],
     },
     "smoke": {
         "runs": 1,
@@ -51,6 +53,7 @@ MODES: dict[str, dict[str, Any]] = {
         "providers": ["--reps", "1", "--durations", "0.5,1"],
         "bot": ["--loads", "4", "--reps", "1", "--long-reps", "1", "--single-duration", "0.5", "--long-duration", "1",
                 "--load-duration", "1", "--probes", "1", "--parallel"],
+        "webhooks": ["--duration", "0.5", "--jobs", "1"],
     },
 }
 
@@ -77,6 +80,8 @@ REQUIRED_KEYS = (
     "bot.memory.max",
     "bot.memory_per_job.max",
     "bot.failed",
+    *(f"{figure}.{provider}" for provider in ("replicate", "bfl", "wavespeed")
+      for figure in ("webhooks.polls", "webhooks.confirm", "webhooks.edit", "polling.polls", "polling.edit")),
 )
 
 # A row of bench_preprocess's main table: case | upload (MB) | median ms | p90 ms | target ms | peak extra RSS MiB
@@ -121,6 +126,7 @@ def one_run(mode: dict[str, Any]) -> list[dict[str, Any]]:
         lambda: preprocess(mode["preprocess"]),
         lambda: json_bench("bench_providers.py", mode["providers"]),
         lambda: json_bench("bench_bot.py", mode["bot"]),
+        lambda: json_bench("bench_webhooks.py", mode["webhooks"]),
     ]
     workers = len(jobs) if mode.get("parallel") else 1
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:

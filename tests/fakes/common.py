@@ -234,11 +234,23 @@ def inverted_png(data: bytes, size: tuple[int, int] | None = None) -> bytes:
 WebhookMode = Literal["send", "lost", "forged"]
 
 
-async def deliver_webhook(url: str, body: bytes, headers: Mapping[str, str], log: list[int]) -> None:
-    """POST one signed delivery to the bot as a provider does (the answer's status is appended to `log`)."""
+async def deliver_webhook(
+    url: str, body: bytes, headers: Mapping[str, str], log: list[int], *, retries: tuple[float, ...] = (0.5, 1, 2, 4)
+) -> None:
+    """POST one signed delivery to the bot as a provider does (the answer's status is appended to `log`); like the
+    providers, a delivery nobody answered (connection refused, 5xx) is tried again after each of `retries` s."""
     import aiohttp
 
-    async with aiohttp.ClientSession() as session, session.post(
-        url, data=body, headers={"Content-Type": "application/json", **headers}
-    ) as response:
-        log.append(response.status)
+    for pause in (*retries, None):
+        try:
+            async with aiohttp.ClientSession() as session, session.post(
+                url, data=body, headers={"Content-Type": "application/json", **headers}
+            ) as response:
+                log.append(response.status)
+                if response.status < 500:
+                    return
+        except aiohttp.ClientConnectionError:
+            pass
+        if pause is None:
+            return
+        await asyncio.sleep(pause)

@@ -11,6 +11,13 @@ and must never see the key. Jobs go created → processing → completed/failed 
 
 Bodies are validated like the real API (400 envelope for a size out of range, bad guidance, ...).
 
+Webhooks (docs/providers.md §4): a submit with `?webhook=<url>` gets one signed POST of the task's `data`
+object when the task ends: headers `webhook-id`, `webhook-timestamp`, `webhook-signature: v3,<hex HMAC-SHA256 of
+"id.timestamp.body">`, keyed with the account secret minus `whsec_` (not base64-decoded), which
+`GET /api/v3/webhook/secret` hands out with the API key. `fake.webhook` is "send", "lost" (never sent), "forged"
+(another secret) or "stale" (a timestamp past the 300 s limit); `fake.webhook_answers` holds the bot's statuses.
+Like the real API, a webhook with base64 outputs is refused with a 400.
+
 `fail_code = None` fails jobs the way WaveSpeed's docs and official SDK fixtures show, with only `data.error`
 and no `data.code`; `queued_status = "pending"` and `bare_submit = True` reproduce the SDK fixtures' queued
 status and bare submit reply (docs/provider-fakes.md).
@@ -18,8 +25,13 @@ status and bare submit reply (docs/provider-fakes.md).
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import hashlib
+import hmac
+import json
 import re
+import secrets
 import time
 import uuid
 from dataclasses import dataclass
@@ -34,6 +46,7 @@ from tests.fakes.common import (
     RecordedRequest,
     Site,
     apply_fault,
+    deliver_webhook,
     image_size,
     inverted_png,
     is_raw_base64,
@@ -69,6 +82,10 @@ FAIL_ERRORS = {
 }
 SDK_FAILED_ERROR = "Model error"  # wavespeed-python tests/test_api.py: {"data": {"status": "failed", "error": ...}}
 Outcome = Literal["completed", "failed", "cancelled", "timeout", "never"]
+WebhookMode = Literal["send", "lost", "forged", "stale"]
+MAX_AGE = 300  # seconds a delivery's timestamp may be old (WaveSpeed's documented limit)
+BASE64_WEBHOOK_ERROR = ("webhook callback does not support base64 output, please use the normal API to use base64 "
+                        "output")
 
 __all__ = ["FakeWaveSpeed", "Fault", "WaveSpeedJob"]
 
@@ -117,6 +134,10 @@ class FakeWaveSpeed:
         self.strict = strict
         self.submit_envelope: tuple[int, str] | None = None  # HTTP 200 with this (code, message) instead of a job
         self.download_status: int | None = None
+        self.webhook: WebhookMode = "send"
+        self.webhook_secret = "whsec_" + secrets.token_hex(16)  # the account's; signed with as is, minus the prefix
+        self.webhook_answers: list[int] = []
+        self._webhook_tasks: set[asyncio.Task[None]] = set()
         self.faults = Faults()
         self.requests: list[RecordedRequest] = []
         self.jobs: dict[str, WaveSpeedJob] = {}
@@ -125,6 +146,7 @@ class FakeWaveSpeed:
         self.api.app.router.add_post(f"/api/v3/{MODEL}", self._submit)
         self.api.app.router.add_get("/api/v3/predictions/{id}/result", self._result)
         self.api.app.router.add_get("/api/v3/predictions/{id}", self._result)
+        self.api.app.router.add_get("/api/v3/webhook/secret", self._secret)
         self.delivery.app.router.add_get("/outputs/{id}/{index}.png", self._file)
 
     async def __aenter__(self) -> FakeWaveSpeed:
@@ -133,6 +155,9 @@ class FakeWaveSpeed:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        for task in list(self._webhook_tasks):
+            task.cancel()
+        await asyncio.gather(*self._webhook_tasks, return_exceptions=True)
         await self.api.stop()
         await self.delivery.stop()
 
@@ -173,6 +198,9 @@ class FakeWaveSpeed:
         if self.submit_envelope is not None:
             code, message = self.submit_envelope
             return web.json_response(envelope(code, message))
+        webhook = request.query.get("webhook")
+        if webhook is not None and body.get("enable_base64_output"):
+            return web.json_response({"error": BASE64_WEBHOOK_ERROR}, status=400)
         w, h = (int(v) for v in str(body.get("size", "1024*1024")).split("*"))
         source = base64.b64decode(body["image"])
         count = int(body.get("num_images", 1))
@@ -189,6 +217,10 @@ class FakeWaveSpeed:
             base64_outputs=self.base64_outputs or bool(body.get("enable_base64_output")),
         )
         self.jobs[job.id] = job
+        if webhook and self.webhook != "lost" and job.outcome != "never":
+            task = asyncio.create_task(self._call_back(job, webhook))
+            self._webhook_tasks.add(task)
+            task.add_done_callback(self._webhook_tasks.discard)
         if self.bare_submit:
             return web.json_response({"data": {"id": job.id}})
         return web.json_response(envelope(200, "success", self._data(job, self.queued_status)))
@@ -277,6 +309,27 @@ class FakeWaveSpeed:
             if job.fail_code is not None:
                 data["code"] = job.fail_code
         return data
+
+    async def _secret(self, request: web.Request) -> web.StreamResponse:
+        denied = self._auth_error(request)
+        if denied is not None:
+            return denied
+        return web.json_response(envelope(200, "success", {"secret": self.webhook_secret}))
+
+    def sign(self, body: bytes, *, msg_id: str, stamp: int, secret: str | None = None) -> dict[str, str]:
+        """WaveSpeed's delivery headers for `body` (the account secret unless another is given)."""
+        key = (secret or self.webhook_secret).removeprefix("whsec_").encode()
+        digest = hmac.new(key, f"{msg_id}.{stamp}.".encode() + body, hashlib.sha256).hexdigest()
+        return {"webhook-id": msg_id, "webhook-timestamp": str(stamp), "webhook-signature": f"v3,{digest}"}
+
+    async def _call_back(self, job: WaveSpeedJob, url: str) -> None:
+        """One delivery of the task's `data` when the fake's clock says it ended."""
+        await asyncio.sleep(max(0.0, job.created + job.duration - time.monotonic()))
+        body = json.dumps(self._data(job, job.outcome)).encode()
+        stamp = int(time.time()) - (MAX_AGE + 5 if self.webhook == "stale" else 0)
+        secret = "whsec_" + secrets.token_hex(16) if self.webhook == "forged" else None
+        headers = self.sign(body, msg_id="msg_" + secrets.token_hex(8), stamp=stamp, secret=secret)
+        await deliver_webhook(url, body, headers, self.webhook_answers)
 
     async def _result(self, request: web.Request) -> web.StreamResponse:
         fault = await apply_fault(request, self.faults.take("poll"))

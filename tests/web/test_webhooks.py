@@ -28,6 +28,7 @@ from bot.web.server import WebServer
 from tests.core.test_lifecycle import Process, replicate_env, settings_for, until
 from tests.fakes.bfl_server import FakeBFL
 from tests.fakes.replicate_server import FakeReplicate
+from tests.fakes.wavespeed_server import FakeWaveSpeed, WebhookMode
 
 
 def _free_port() -> int:
@@ -37,8 +38,10 @@ def _free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def web_process(db: Path, *, fallback: float = 30.0, **env: str) -> AsyncIterator[tuple[Process, WebServer]]:
-    port = _free_port()
+async def web_process(
+    db: Path, *, fallback: float = 30.0, port: int | None = None, **env: str
+) -> AsyncIterator[tuple[Process, WebServer]]:
+    port = port or _free_port()
     settings = settings_for(db, PUBLIC_URL=f"http://127.0.0.1:{port}", WEB_PORT=str(port),
                             WEBHOOK_FALLBACK_POLL=str(fallback), **env)
     async with FillService(settings) as service, await Storage.open(db) as storage:
@@ -150,6 +153,46 @@ async def test_bfl_webhook_with_a_per_job_secret(tmp_path: Path) -> None:
         assert len(fake.requests_to("poll")) == 1
         bodies = [r.body for r in fake.requests_to("api") if r.method == "POST"]
         assert bodies[0]["webhook_url"].split("/hooks/bfl/")[1] not in bodies[0]["webhook_secret"]
+
+
+def wavespeed_env(fake: FakeWaveSpeed) -> dict[str, str]:
+    return {"WAVESPEED_API_KEY": fake.key, "WAVESPEED_BASE_URL": fake.base_url}
+
+
+def _wavespeed_polls(fake: FakeWaveSpeed) -> int:
+    return sum(1 for r in fake.requests_to("api") if r.method == "GET" and r.path.endswith("/result"))
+
+
+async def test_wavespeed_webhook_wakes_the_job_and_no_timer_polls_run(tmp_path: Path) -> None:
+    async with FakeWaveSpeed(duration=1.0) as fake, \
+            web_process(tmp_path / "bot.db", **wavespeed_env(fake)) as (p, _):
+        job_id = await p.submit(provider="wavespeed")
+        ending = await p.ending(job_id)
+        assert ending.state is State.SUCCEEDED and ending.finished is not None
+        assert fake.webhook_answers == [200]
+        assert _wavespeed_polls(fake) == 1  # the one authenticated GET the wake asks for; no timed poll
+        (submit,) = [r for r in fake.requests_to("api") if r.method == "POST"]
+        assert p.settings.web is not None
+        assert submit.query["webhook"].startswith(f"{p.settings.web.public_url}/hooks/wavespeed/")
+        secrets_fetched = [r for r in fake.requests_to("api") if r.path.endswith("/webhook/secret")]
+        assert len(secrets_fetched) == 1 and secrets_fetched[0].headers["authorization"] == f"Bearer {fake.key}"
+        assert not fake.requests_to("delivery")[0].headers.get("authorization")  # outputs fetched without the key
+
+        job_id = await p.submit(provider="wavespeed")  # the secret is fetched once per process
+        assert (await p.ending(job_id)).state is State.SUCCEEDED
+        assert len([r for r in fake.requests_to("api") if r.path.endswith("/webhook/secret")]) == 1
+
+
+@pytest.mark.parametrize("mode", ["forged", "stale"])
+async def test_wavespeed_forged_or_stale_webhooks_change_nothing_and_the_fallback_poll_delivers(
+    tmp_path: Path, mode: WebhookMode
+) -> None:
+    async with FakeWaveSpeed(duration=0.3) as fake, \
+            web_process(tmp_path / "bot.db", fallback=1.0, **wavespeed_env(fake)) as (p, _):
+        fake.webhook = mode
+        job_id = await p.submit(provider="wavespeed")
+        assert (await p.ending(job_id)).state is State.SUCCEEDED
+        assert fake.webhook_answers == [401]
 
 
 async def test_unknown_foreign_unsigned_and_oversized_deliveries_are_refused(tmp_path: Path) -> None:
