@@ -40,7 +40,6 @@ length however many terms there are. The automata are built once per list of ter
 
 from __future__ import annotations
 
-import asyncio
 import bisect
 import contextlib
 import functools
@@ -50,7 +49,6 @@ import math
 import re
 import time
 import unicodedata
-import weakref
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -604,7 +602,8 @@ async def admit(
 
 class LimitGate:
     """Serialises admission per person (and per server when it has a daily quota or the operator caps its waiting
-    jobs), so limits hold when many commands arrive at once.
+    jobs), in this process and across every process on the database (`Storage.serialized`), so limits hold when
+    many commands arrive at once, on any shard.
 
     Usage::
 
@@ -619,13 +618,6 @@ class LimitGate:
         self._storage = storage
         self._rules = rules
         self._clock = clock
-        self._locks: weakref.WeakValueDictionary[tuple[str, int], asyncio.Lock] = weakref.WeakValueDictionary()
-
-    def _lock(self, key: tuple[str, int]) -> asyncio.Lock:
-        lock = self._locks.get(key)
-        if lock is None:
-            lock = self._locks[key] = asyncio.Lock()
-        return lock
 
     @contextlib.asynccontextmanager
     async def admission(
@@ -633,11 +625,8 @@ class LimitGate:
     ) -> AsyncIterator[LimitDecision]:
         # Only server-wide limits (its daily quota, the operator's cap on its waiting jobs) need the server lock:
         # cooldown, concurrency, personal quotas and caps count one person's jobs, under the person's lock.
-        # Always server lock first, then the person's: a fixed order cannot deadlock.
-        locks = [self._lock(("user", user_id))]
+        keys = [f"admit:user:{user_id}"]
         if guild_id is not None and (settings.daily_quota_per_guild > 0 or self._rules.max_queued_per_server > 0):
-            locks.insert(0, self._lock(("guild", guild_id)))
-        async with contextlib.AsyncExitStack() as stack:
-            for lock in locks:
-                await stack.enter_async_context(lock)
+            keys.append(f"admit:guild:{guild_id}")
+        async with self._storage.serialized(keys):
             yield await admit(self._storage, settings, user_id, guild_id, self._clock(), self._rules)
