@@ -23,6 +23,7 @@ from typing import Any
 
 from discord.http import Route
 
+from bot import moderation
 from bot.app import ShardPlan, create_bot, run_worker
 from bot.config import load_settings
 from bot.service import FillService
@@ -58,12 +59,27 @@ CRASH_POINTS: dict[str, Callable[[], None]] = {
 }
 
 
+def _slow_admission(seconds: float) -> None:
+    """Hold every admission this long between counting a member's jobs and recording the new one, so two
+    processes admitting at once surely overlap: only the database's locks can then keep a limit."""
+    original = moderation.admit
+
+    async def slow(*args: Any, **kwargs: Any) -> Any:
+        decision = await original(*args, **kwargs)
+        await asyncio.sleep(seconds)
+        return decision
+
+    moderation.admit = slow  # type: ignore[assignment]
+
+
 async def main(config_path: str) -> None:
     config = json.loads(Path(config_path).read_text())  # noqa: ASYNC240 - once, before anything runs
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     crash_at = config.get("crash_at")
     if crash_at:
         CRASH_POINTS[crash_at]()
+    if config.get("slow_admission"):
+        _slow_admission(float(config["slow_admission"]))
     Route.BASE = config["api_base"]
     settings = load_settings({"DISCORD_TOKEN": config["token"], **config["env"]})
     if config.get("mode") == "worker":  # `fillbot worker`: REST only, claims the jobs the bot processes queue

@@ -51,6 +51,14 @@ class Child:
         self.proc = proc
         self.log = log
 
+    async def feed(self, h: DiscordHarness, payloads: list[dict[str, Any]]) -> None:
+        """Hand the bot its INTERACTION_CREATE payloads (created now: it answers within Discord's 3 seconds)."""
+        assert self.proc.stdin is not None
+        for payload in payloads:
+            h.fake.register_interaction(payload, created_at=h.fake.now())
+        self.proc.stdin.write(json.dumps(payloads).encode() + b"\n")
+        await self.proc.stdin.drain()
+
     async def kill(self) -> None:
         if self.proc.returncode is None:
             self.proc.kill()
@@ -65,10 +73,11 @@ class Child:
 
 @contextlib.asynccontextmanager
 async def child_bot(
-    h: DiscordHarness, env: dict[str, str], payloads: list[dict[str, Any]], tmp_path: Path,
+    h: DiscordHarness, env: dict[str, str], payloads: list[dict[str, Any]] | None, tmp_path: Path,
     crash_at: str | None = None, *, name: str = "child", **extra: Any,
 ) -> AsyncIterator[Child]:
-    """A bot in its own process (`extra`: more of crash_child's settings, e.g. mode="worker")."""
+    """A bot in its own process (`extra`: more of crash_child's settings, e.g. mode="worker"), fed `payloads`
+    once it is ready (None: the test feeds it later)."""
     config = tmp_path / f"{name}.json"
     config.write_text(json.dumps({
         "api_base": h.fake.api_base, "token": h.token, "guild": h._guild_payload(), "crash_at": crash_at,
@@ -86,10 +95,8 @@ async def child_bot(
     async with asyncio.timeout(60):
         line = await proc.stdout.readline()
     assert line.strip() == b"ready", f"child did not start: {log.read_text()}"
-    for payload in payloads:  # created now: the child answers within Discord's 3 seconds
-        h.fake.register_interaction(payload, created_at=h.fake.now())
-    proc.stdin.write(json.dumps(payloads).encode() + b"\n")
-    await proc.stdin.drain()
+    if payloads is not None:
+        await child.feed(h, payloads)
     try:
         yield child
     finally:
