@@ -217,6 +217,9 @@ def _discord_command(settings: Settings, args: argparse.Namespace) -> int:
             if (args.shards is None) != (args.shard_count is None):
                 raise ConfigError("--shards and --shard-count go together, e.g. --shards 0-3 --shard-count 8.")
             shards = None if args.shards is None else ShardPlan.parse(args.shards, args.shard_count)
+            if shards is not None and shards.partial and settings.database_url is None:
+                raise ConfigError("--shards for part of the bot means several bot processes, which need PostgreSQL: "
+                                  "set DATABASE_URL (SQLite's locks hold within one process).")
             return run_bot(settings, shards)
         if args.command == "worker":
             return asyncio.run(run_worker(settings))
@@ -291,7 +294,8 @@ async def _resume_job(settings: Settings, args: argparse.Namespace, flags: dict[
     async with FillService(settings) as service, await Storage.open(settings.database_target) as storage:
         record = await storage.get_job(args.job)
         if record is None or record.front != "cli":
-            raise UserError(f"There is no command-line job `{args.job}` in {settings.database_path}.")
+            where = "the PostgreSQL database (DATABASE_URL)" if settings.database_url else settings.database_path
+            raise UserError(f"There is no command-line job `{args.job}` in {where}.")
         if record.delivered_at is not None:
             raise UserError(f"Job `{record.id}` is already finished ({record.status}).")
         lifecycle = Lifecycle(settings, storage, service)

@@ -259,6 +259,7 @@ def test_a_prompt_starting_with_a_dash_is_kept_whole(tmp_path: Path, capsys: pyt
     (["--shards", "3-1", "--shard-count", "8"], "shards are numbered 0 to 7"),
     (["--shards", "0-x", "--shard-count", "8"], "such as 0-3 or 0,2,5"),
     (["--shards", "0", "--shard-count", "0"], "at least 1"),
+    (["--shards", "0-3", "--shard-count", "8"], "need PostgreSQL: set DATABASE_URL"),
 ])
 def test_a_bad_shard_plan_is_one_line_naming_the_flag(
     args: list[str], expected: str, capsys: pytest.CaptureFixture[str]
