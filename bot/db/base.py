@@ -6,11 +6,15 @@ Storage writes every query once, in the SQL both backends accept; a backend only
 from __future__ import annotations
 
 import hashlib
+import logging
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Literal, Protocol
 
 Dialect = Literal["sqlite", "postgresql"]
+
+log = logging.getLogger(__name__)
 
 # Delivered to every subscriber when notifications may have been lost (the listener reconnected): drop everything.
 MISSED = ""
@@ -69,3 +73,23 @@ def lock_id(namespace: str, key: str) -> int:
     """A stable signed 64-bit id for an advisory lock (the same in every process and Python version)."""
     digest = hashlib.blake2b(f"{namespace}:{key}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
+
+
+class Subscribers:
+    """The callbacks of each notification channel, called on the event loop (a failing one does not stop the rest)."""
+
+    def __init__(self) -> None:
+        self._callbacks: defaultdict[str, list[Callable[[str], None]]] = defaultdict(list)
+
+    def add(self, channel: str, callback: Callable[[str], None]) -> None:
+        self._callbacks[channel].append(callback)
+
+    def channels(self) -> list[str]:
+        return list(self._callbacks)
+
+    def deliver(self, channel: str, payload: str) -> None:
+        for callback in self._callbacks.get(channel, ()):
+            try:
+                callback(payload)
+            except Exception:
+                log.exception("notification handler for %s failed", channel)

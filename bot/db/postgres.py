@@ -20,7 +20,6 @@ import contextlib
 import functools
 import logging
 import re
-from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextvars import ContextVar
 from types import TracebackType
@@ -28,7 +27,7 @@ from typing import Any
 
 import asyncpg
 
-from bot.db.base import MISSED, Dialect, Row, lock_id
+from bot.db.base import MISSED, Dialect, Row, Subscribers, lock_id
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +105,7 @@ class PostgresBackend:
         # A `serialized` block holds one connection and needs others for its statements: cap how many such
         # blocks run at once so they can never take the whole pool and wait on each other.
         self._session_slots = asyncio.Semaphore(max(1, pool.get_max_size() // 2))
-        self._subscribers: defaultdict[str, list[Callable[[str], None]]] = defaultdict(list)
+        self._subscribers = Subscribers()
         self._listener: Any = None
         self._listened: set[str] = set()
         self._listen_lock = asyncio.Lock()
@@ -212,7 +211,7 @@ class PostgresBackend:
         await self.execute("SELECT pg_notify(?, ?)", (channel, payload))
 
     def subscribe(self, channel: str, callback: Callable[[str], None]) -> None:
-        self._subscribers[channel].append(callback)
+        self._subscribers.add(channel, callback)
         if channel not in self._listened:
             self._spawn(self._listen_or_reconnect())
 
@@ -230,7 +229,7 @@ class PostgresBackend:
                 self._listened = set()
                 self._listener = await asyncpg.connect(self._dsn, server_settings={"application_name": "fillbot"})
                 self._listener.add_termination_listener(self._lost)
-            for channel in list(self._subscribers):
+            for channel in self._subscribers.channels():
                 if channel not in self._listened:
                     await self._listener.add_listener(channel, self._dispatch)
                     self._listened.add(channel)
@@ -267,15 +266,9 @@ class PostgresBackend:
         finally:
             self._reconnecting = False
         log.info("database: notifications connected again")
-        for channel in list(self._subscribers):
-            self._deliver(channel, MISSED)
+        for channel in self._subscribers.channels():
+            self._subscribers.deliver(channel, MISSED)
 
     def _dispatch(self, connection: Any, pid: int, channel: str, payload: str) -> None:
-        self._deliver(channel, payload)
+        self._subscribers.deliver(channel, payload)
 
-    def _deliver(self, channel: str, payload: str) -> None:
-        for callback in self._subscribers.get(channel, ()):
-            try:
-                callback(payload)
-            except Exception:
-                log.exception("notification handler for %s failed", channel)

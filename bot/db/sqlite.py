@@ -10,14 +10,13 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
-from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextvars import ContextVar
 from pathlib import Path
 
 import aiosqlite
 
-from bot.db.base import Dialect, Row
+from bot.db.base import Dialect, Row, Subscribers
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +30,7 @@ class SQLiteBackend:
     def __init__(self, db: aiosqlite.Connection) -> None:
         self._db = db
         self.lock = asyncio.Lock()
-        self._subscribers: defaultdict[str, list[Callable[[str], None]]] = defaultdict(list)
+        self._subscribers = Subscribers()
 
     @classmethod
     async def open(cls, path: str | Path, *, busy_timeout: float) -> SQLiteBackend:
@@ -76,7 +75,7 @@ class SQLiteBackend:
                 _pending.reset(token)
             await self._db.execute("COMMIT")
         for channel, payload in pending:
-            self._deliver(channel, payload)
+            self._subscribers.deliver(channel, payload)
 
     async def rows(self, sql: str, params: Sequence[object] = ()) -> list[Row]:
         async with self._db.execute(sql, params) as cursor:
@@ -118,17 +117,11 @@ class SQLiteBackend:
         if pending is not None:
             pending.append((channel, payload))
         else:
-            self._deliver(channel, payload)
+            self._subscribers.deliver(channel, payload)
 
     def subscribe(self, channel: str, callback: Callable[[str], None]) -> None:
-        self._subscribers[channel].append(callback)
+        self._subscribers.add(channel, callback)
 
     async def listening(self) -> None:
         """In-process delivery is ready as soon as `subscribe` returns."""
 
-    def _deliver(self, channel: str, payload: str) -> None:
-        for callback in self._subscribers.get(channel, ()):
-            try:
-                callback(payload)
-            except Exception:
-                log.exception("notification handler for %s failed", channel)

@@ -9,12 +9,11 @@ fairly) and run them as a single bot would: submit, poll, download, finish, deli
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Mapping
 
 from bot.lifecycle.recovery import SinkFactory
+from bot.lifecycle.rounds import Rounds
 from bot.lifecycle.runner import Runner
 from bot.lifecycle.store import JobStore
 from bot.storage import Front
@@ -22,7 +21,9 @@ from bot.storage import Front
 log = logging.getLogger(__name__)
 
 
-class Dispatcher:
+class Dispatcher(Rounds):
+    name = "job-dispatcher"
+
     def __init__(
         self,
         store: JobStore,
@@ -32,42 +33,18 @@ class Dispatcher:
         *,
         capacity: Mapping[str, int],
         max_jobs: int,
-        interval: float = 1.0,
+        interval: float = 1.0,  # a fallback: claims normally follow a wake-up (a job queued or ended)
     ) -> None:
+        super().__init__(interval)
         self.store = store
         self.runner = runner
         self.front = front
         self.sink_for = sink_for
         self.capacity = dict(capacity)
         self.max_jobs = max_jobs
-        self.interval = interval  # a fallback: claims normally follow a wake-up (a job queued or ended)
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._loop(), name="job-dispatcher")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    def wake(self) -> None:
-        """Look for work now: a job was queued somewhere, or a provider slot freed up."""
-        self._wake.set()
-
-    async def _loop(self) -> None:
-        while True:
-            self._wake.clear()
-            try:
-                await self.dispatch()
-            except Exception:  # the database may be failing; the next round tries again
-                log.exception("job dispatch round failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.interval)
+    async def round(self) -> None:
+        await self.dispatch()
 
     async def dispatch(self) -> int:
         """Claim and start queued jobs while this worker has room and a provider has a slot; how many."""

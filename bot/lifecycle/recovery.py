@@ -24,11 +24,10 @@ same code runs a fresh job), with the messages `MSG_RESTART_PREPARING` and `MSG_
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
+from bot.lifecycle.rounds import Rounds
 from bot.lifecycle.runner import Runner
 from bot.lifecycle.sink import JobSink
 from bot.lifecycle.store import JobStore
@@ -39,40 +38,25 @@ log = logging.getLogger(__name__)
 SinkFactory = Callable[[JobRecord], Awaitable[JobSink]]
 
 
-class Keeper:
+class Keeper(Rounds):
     """Renews this process's leases and (with a `sink_for`) takes over jobs whose owner stopped renewing theirs."""
+
+    name = "job-keeper"
 
     def __init__(
         self, store: JobStore, runner: Runner, front: Front, sink_for: SinkFactory | None, *, queued: bool = True
     ) -> None:
+        super().__init__(max(0.05, min(10.0, store.lease / 3)))
         self.store = store
         self.runner = runner
         self.front = front
         self.sink_for = sink_for
         self.queued = queued  # False in a job worker: queued jobs are claimed through its Dispatcher
-        self.interval = max(0.05, min(10.0, store.lease / 3))
-        self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._loop(), name="job-keeper")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self.renew()
-                if self.sink_for is not None:
-                    await self.take_over()
-            except Exception:  # the database may be failing; the next round tries again
-                log.exception("job keeper round failed")
-            await asyncio.sleep(self.interval)
+    async def round(self) -> None:
+        await self.renew()
+        if self.sink_for is not None:
+            await self.take_over()
 
     async def renew(self) -> None:
         for job_id in await self.store.renew():
