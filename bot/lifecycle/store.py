@@ -85,10 +85,15 @@ class JobStore:
     async def queue(
         self, job_id: str, original: bytes, mask: bytes | None, notices: Sequence[str], *, hand_off: bool = False
     ) -> None:
-        await self._retry("store inputs", lambda: self.storage.queue_job(job_id, self.owner, original, mask, notices,
-                                                                          hand_off=hand_off))
         if hand_off:
-            self.held.discard(job_id)
+            self.held.discard(job_id)  # before the write: a keeper round meanwhile must not think it was taken
+        try:
+            await self._retry("store inputs", lambda: self.storage.queue_job(
+                job_id, self.owner, original, mask, notices, hand_off=hand_off))
+        except BaseException:
+            if hand_off:
+                self.held.add(job_id)
+            raise
 
     async def move(self, job_id: str, state: State, *, handle: str | None = None, error: str | None = None) -> None:
         await self._retry(
@@ -131,7 +136,7 @@ class JobStore:
         """Extend the leases of every job held here; returns the ids another process has taken meanwhile."""
         mine = sorted(self.held)
         kept = await self.storage.renew_leases(self.owner, mine, self.lease_until())
-        lost = set(mine) - kept
+        lost = (set(mine) - kept) & self.held  # one let go meanwhile (delivered, handed off) was not taken
         self.held -= lost
         return lost
 
