@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmarks: the test picture, percentiles, process memory, machine description."""
+"""Helpers shared by the benchmarks: the test picture, percentiles, process memory and CPU, machine description."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import importlib.metadata
 import io
 import os
 import platform
+import resource
 import statistics
 import sys
 from collections.abc import Sequence
@@ -73,6 +74,15 @@ def reset_peak_rss() -> bool:
     except OSError:
         return False
     return True
+
+
+def cpu_seconds(pid: int | None = None) -> float:
+    """User + system CPU of this process (all threads), or of `pid` from /proc."""
+    if pid is None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _cpu_model() -> str:

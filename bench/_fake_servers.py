@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.fakes.discord_api import FakeChannel, FakeDiscord  # noqa: E402
+from tests.fakes.discord_api import FakeChannel, FakeDiscord, RecordedRequest  # noqa: E402
 from tests.fakes.discord_harness import GENERAL_CHANNEL_ID, GUILD_ID, NSFW_CHANNEL_ID, OWNER  # noqa: E402
 from tests.fakes.replicate_server import FakeReplicate, Prediction, _now_iso  # noqa: E402
 
@@ -83,6 +83,17 @@ class BenchReplicate(FakeReplicate):
         )
 
 
+def _title(request: RecordedRequest) -> str:
+    """The first embed's title of a logged request ("" if none)."""
+    data = request.data if isinstance(request.json, dict) else {}
+    embeds = data.get("embeds") or []
+    return str(embeds[0].get("title", "")) if embeds and isinstance(embeds[0], dict) else ""
+
+
+def _is_final(request: RecordedRequest) -> bool:
+    return _title(request).startswith(FINAL_MARKS)
+
+
 class _Controller:
     """Runs in the child: answers control messages with plain data (no fakes cross the pipe)."""
 
@@ -113,9 +124,7 @@ class _Controller:
         """Per request: token, route, method, status, arrival (wall), callback type, files, embed title."""
         out = []
         for r in self.fake.requests:
-            data = r.data if isinstance(r.json, dict) else {}
-            embeds = data.get("embeds") or []
-            title = str(embeds[0].get("title", "")) if embeds and isinstance(embeds[0], dict) else ""
+            title = _title(r)
             out.append(
                 {
                     "token": r.token,
@@ -131,6 +140,10 @@ class _Controller:
                 }
             )
         return out
+
+    def final_tokens(self) -> list[str]:
+        """Interactions whose reply got a final edit (accepted): cheaper to poll than the whole log."""
+        return sorted({r.token for r in self.fake.requests if r.token and r.ok and _is_final(r)})
 
     # ---- replicate
     def configure(self, **knobs: Any) -> None:
@@ -300,3 +313,7 @@ class RemoteDiscord(FakeDiscord):
 
     def log(self) -> list[dict[str, Any]]:
         return list(self.remote.call("discord_log"))
+
+    def final_tokens(self) -> set[str]:
+        """Tokens of the interactions whose reply got an accepted final edit so far."""
+        return set(self.remote.call("final_tokens"))

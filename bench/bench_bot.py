@@ -31,14 +31,11 @@ import concurrent.futures
 import cProfile
 import json
 import logging
-import os
 import pstats
-import resource
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,16 +43,11 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 sys.path.insert(0, str(BENCH))
 
-from _common import machine_lines, median, percentile, photo_1440, proc_status_kib, reset_peak_rss  # noqa: E402
-from _fake_servers import FakeProcess, RemoteDiscord  # noqa: E402
-
-from bot.app import FillBot, create_bot  # noqa: E402
-from bot.config import load_settings  # noqa: E402
-from tests.fakes.discord_harness import MEMBER_PERMISSIONS, DiscordHarness, Dispatched, FakeUser  # noqa: E402
+from _bot_rig import EDIT_INTERVAL, BotRig  # noqa: E402
+from _common import cpu_seconds, machine_lines, median, percentile, proc_status_kib, reset_peak_rss  # noqa: E402
 
 TICK = 0.010
 PROBE_GAP = 0.1
-EDIT_INTERVAL = 1.5
 
 TARGET_ACK_P99_MS = 150.0
 TARGET_LAG_P99_MS = 50.0
@@ -63,16 +55,6 @@ TARGET_OVERHEAD_MS = 150.0
 TARGET_EDIT_DELAY_MS = 300.0
 TARGET_REQUESTS_LONG = 8  # create + polls (every 2 s at most while running) + download: issue 9
 TARGET_MEMORY_MIB = 600.0
-
-
-@dataclass
-class Wave:
-    """Interactions of one measured wave and what the bench saw of them."""
-
-    payloads: list[dict[str, Any]] = field(default_factory=list)
-    dispatched_at: dict[str, float] = field(default_factory=dict)  # token -> wall time
-    prompts: dict[str, str] = field(default_factory=dict)  # token -> unique prompt
-    sent: list[Dispatched] = field(default_factory=list)
 
 
 class LagTicker:
@@ -97,155 +79,6 @@ class LagTicker:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         return list(self.samples)
-
-
-def _cpu_seconds(pid: int | None = None) -> float:
-    """User + system CPU of this process (all threads), or of `pid` from /proc."""
-    if pid is None:
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        return usage.ru_utime + usage.ru_stime
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-class BotRig:
-    """The real bot, the harness and both fakes (in child processes)."""
-
-    def __init__(self, tmp: Path, duration: float) -> None:
-        self.picture = photo_1440()
-        self.discord_proc = FakeProcess("discord")
-        self.replicate_proc = FakeProcess("replicate", duration=duration, honour_wait=True)
-        self.remote = RemoteDiscord(self.discord_proc)
-        settings = load_settings(
-            {
-                "DATABASE_PATH": str(tmp / "bench.db"),
-                "REPLICATE_API_TOKEN": str(self.replicate_proc.info["token"]),
-                "REPLICATE_BASE_URL": str(self.replicate_proc.info["base_url"]),
-                "REPLICATE_MAX_CONCURRENCY": "200",
-                "DEFAULT_PROVIDER": "replicate",
-                "ALLOW_PRIVATE_DOWNLOADS": "true",  # the fake serves results from 127.0.0.1
-                # The load waves put 200 jobs of one server in flight at once: the operator's queue cap (100
-                # waiting by default) would refuse some, and this benchmark measures capacity, not that rule.
-                "MAX_QUEUED_PER_SERVER": "0",
-            }
-        )
-        self.bot: FillBot = create_bot(settings, edit_interval=EDIT_INTERVAL)
-        self.harness = DiscordHarness(self.bot, fake=self.remote)
-        self._users = 0
-
-    async def __aenter__(self) -> BotRig:
-        await self.harness.__aenter__()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        try:
-            await self.harness.__aexit__(*exc)
-        finally:
-            self.discord_proc.close()
-            self.replicate_proc.close()
-
-    def fakes_cpu(self) -> float:
-        return _cpu_seconds(self.discord_proc.pid) + _cpu_seconds(self.replicate_proc.pid)
-
-    def duration(self, seconds: float) -> None:
-        self.replicate_proc.call("configure", duration=seconds)
-
-    def reset_logs(self) -> None:
-        self.discord_proc.call("reset")
-        self.replicate_proc.call("reset")
-
-    def build(self, count: int, label: str) -> Wave:
-        """`count` /fill payloads, each from a new user (payload building is not measured)."""
-        wave = Wave()
-        for _ in range(count):
-            self._users += 1
-            user = FakeUser(100_000 + self._users, f"bench{self._users}", MEMBER_PERMISSIONS.value)
-            prompt = f"bench {label} job {self._users}"
-            payload = self.harness.slash(
-                "fill",
-                {"prompt": prompt, "provider": "replicate"},
-                attachments={"image": ("photo.png", self.picture, "image/png")},
-                user=user,
-            )
-            wave.payloads.append(payload)
-            wave.prompts[payload["token"]] = prompt
-        return wave
-
-    async def dispatch(self, wave: Wave, payloads: list[dict[str, Any]], rate: float | None) -> None:
-        """Dispatch at `rate` per second (None: all at once). The fake Discord learns of each interaction first,
-        with its planned dispatch time as creation time (its 3-second acknowledgement window starts there)."""
-        lead = 0.05  # room for the registration round trip before the first dispatch
-        first = time.time() + lead
-        self.remote.preregister(payloads, [first + (i / rate if rate else 0.0) for i in range(len(payloads))])
-        await asyncio.sleep(max(0.0, first - time.time()))
-        start = time.perf_counter()
-        for index, payload in enumerate(payloads):
-            if rate:
-                delay = start + index / rate - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-            wave.dispatched_at[payload["token"]] = time.time()
-            wave.sent.append(await self.harness.dispatch(payload, wait=False))
-
-    async def settle(self, wave: Wave, limit: float) -> None:
-        """Until every handler has run and every job task the bot spawned has delivered."""
-        deadline = time.monotonic() + limit
-        handlers = [t for sent in wave.sent for t in sent.tasks]
-        if handlers:
-            await asyncio.wait(handlers, timeout=max(1.0, deadline - time.monotonic()))
-        runner = self.bot.lifecycle.runner
-        try:
-            async with asyncio.timeout(max(0.1, deadline - time.monotonic())):
-                await runner.wait_until(lambda: not runner.live)
-        except TimeoutError:
-            raise TimeoutError(f"{len(runner.live)} jobs still running after {limit:.0f} s") from None
-
-    def results(self, wave: Wave, duration: float) -> dict[str, Any]:
-        """Per-job figures from the fakes' logs (read after the wave, outside any measurement)."""
-        discord_log = self.remote.log()
-        replicate_log = self.replicate_proc.call("replicate_log")
-        completed = {p["prompt"]: p["completed_wall"] for p in replicate_log["predictions"]}
-        first_seen: dict[str, float] = {}
-        final_seen: dict[str, dict[str, Any]] = {}
-        for r in discord_log:
-            token = r["token"]
-            if token not in wave.dispatched_at:
-                continue
-            if r["route"] == "interaction_callback" and token not in first_seen:
-                first_seen[token] = r["at"]
-            if r["final"] and 200 <= r["status"] < 300 and token not in final_seen:
-                final_seen[token] = r
-        acks: dict[str, float] = {}
-        e2e: list[float] = []
-        delays: list[float] = []
-        failed = 0
-        for token, sent_at in wave.dispatched_at.items():
-            if token in first_seen:
-                acks[token] = first_seen[token] - sent_at
-            final = final_seen.get(token)
-            if final is None or not final["title"].startswith("✅"):
-                failed += 1
-                continue
-            e2e.append(final["at"] - sent_at)
-            done = completed.get(wave.prompts[token])
-            if done is not None:
-                delays.append(final["at"] - done)
-        api = sum(1 for r in replicate_log["requests"] if r["server"] == "api")
-        cdn = sum(1 for r in replicate_log["requests"] if r["server"] == "cdn")
-        jobs = len(wave.dispatched_at)
-        return {
-            "jobs": jobs,
-            "failed": failed,
-            "unacked": jobs - len(acks),
-            "acks": list(acks.values()),
-            "ack_by_token": acks,
-            "e2e": e2e,
-            "overhead": [t - duration for t in e2e],
-            "edit_delay": delays,
-            "requests_per_job": (api + cdn) / jobs,
-            "api_per_job": api / jobs,
-            "cdn_per_job": cdn / jobs,
-        }
 
 
 async def _warm_up(rig: BotRig) -> None:
@@ -301,7 +134,7 @@ async def scenario_load(jobs: int, rate: float, duration: float, probes: int, pr
             hwm_reset = reset_peak_rss()
             baseline_hwm_kib = proc_status_kib("VmHWM") if hwm_reset else baseline_kib
             profiler = cProfile.Profile() if profile else None
-            cpu_before, fakes_before = _cpu_seconds(), rig.fakes_cpu()
+            cpu_before, fakes_before = cpu_seconds(), rig.fakes_cpu()
             started = time.monotonic()
             ticker.start()
             if profiler:
@@ -314,7 +147,7 @@ async def scenario_load(jobs: int, rate: float, duration: float, probes: int, pr
             lag = await ticker.stop()
             wall = time.monotonic() - started
             peak_kib = proc_status_kib("VmHWM")
-            cpu, fakes_cpu = _cpu_seconds() - cpu_before, rig.fakes_cpu() - fakes_before
+            cpu, fakes_cpu = cpu_seconds() - cpu_before, rig.fakes_cpu() - fakes_before
             if profile and profiler:
                 target = profile / f"load{jobs}.prof"
                 profiler.dump_stats(target)
