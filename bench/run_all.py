@@ -1,4 +1,5 @@
-"""Every benchmark in one command: preprocessing, provider clients and the bot under load, repeated, medians.
+"""Every benchmark in one command: preprocessing, provider clients, webhooks, the bot and its job workers under
+load, repeated, medians.
 
 Run: .venv/bin/python bench/run_all.py [--quick] [--runs N] [--out PATH]
 
@@ -37,6 +38,7 @@ MODES: dict[str, dict[str, Any]] = {
         "providers": ["--reps", "5", "--durations", "2,10"],
         "bot": [],
         "webhooks": [],
+        "workers": [],
     },
     "quick": {
         "runs": 1,
@@ -45,6 +47,7 @@ MODES: dict[str, dict[str, Any]] = {
         "bot": ["--loads", "20", "--reps", "2", "--long-reps", "1", "--single-duration", "1", "--long-duration", "2",
                 "--load-duration", "2", "--probes", "5"],
         "webhooks": ["--duration", "2", "--jobs", "1"],
+        "workers": ["--jobs", "20"],
     },
     "smoke": {
         "runs": 1,
@@ -54,6 +57,7 @@ MODES: dict[str, dict[str, Any]] = {
         "bot": ["--loads", "4", "--reps", "1", "--long-reps", "1", "--single-duration", "0.5", "--long-duration", "1",
                 "--load-duration", "1", "--probes", "1", "--parallel"],
         "webhooks": ["--duration", "0.5", "--jobs", "1"],
+        "workers": ["--jobs", "4", "--workers", "1", "--warmup", "1"],
     },
 }
 
@@ -82,6 +86,11 @@ REQUIRED_KEYS = (
     "bot.failed",
     *(f"{figure}.{provider}" for provider in ("replicate", "bfl", "wavespeed")
       for figure in ("webhooks.polls", "webhooks.confirm", "webhooks.edit", "polling.polls", "polling.edit")),
+    "workers.jobs_per_s.1",
+    "workers.edit_p50.1",
+    "workers.edit_p90.1",
+    "workers.cpus",
+    "workers.failed",
 )
 
 # A row of bench_preprocess's main table: case | upload (MB) | median ms | p90 ms | target ms | peak extra RSS MiB
@@ -127,6 +136,7 @@ def one_run(mode: dict[str, Any]) -> list[dict[str, Any]]:
         lambda: json_bench("bench_providers.py", mode["providers"]),
         lambda: json_bench("bench_bot.py", mode["bot"]),
         lambda: json_bench("bench_webhooks.py", mode["webhooks"]),
+        lambda: json_bench("bench_workers.py", mode["workers"]),
     ]
     workers = len(jobs) if mode.get("parallel") else 1
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
