@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from tests.discord.test_crash import (
     job_env,
     slots_free,
 )
-from tests.fakes.discord_harness import MEMBER_PERMISSIONS, DiscordHarness, FakeUser
+from tests.fakes.discord_harness import MEMBER, MEMBER_PERMISSIONS, DiscordHarness, FakeUser
 from tests.fakes.replicate_server import FakeReplicate
 
 
@@ -125,3 +126,30 @@ async def test_a_worker_stopped_with_sigterm_hands_its_jobs_over_at_once(tmp_pat
             assert_delivered_once(h, message)
             assert fake.count("POST", "create") == 1  # carried on by polling, not sent again
             assert not h.errors
+
+
+async def test_a_job_handed_back_after_its_claim_failed_runs_later(tmp_path: Path) -> None:
+    """A worker that claimed a job but could not build its front end (here the database was briefly locked) hands
+    it back: it must stop renewing that job's lease, or the job would stay held, and keep its provider slot,
+    for as long as the worker lives, with nobody running it."""
+    async with FakeReplicate(duration=0.2, honour_wait=False) as fake:
+        env = job_env(fake, tmp_path, EXTERNAL_WORKERS="true")
+        async with running(create_bot(settings_for(tmp_path, **env), edit_interval=0.05)) as h, \
+                workers(h, env, tmp_path, 1) as (worker,):
+            failed: list[int] = []
+            spoiler_flagged = worker.spoiler_flagged  # read by the worker's sink_for, right after the claim
+
+            async def locked_once(guild_id: int | None, channel_nsfw: bool) -> bool:
+                if not failed:
+                    failed.append(1)
+                    raise sqlite3.OperationalError("database is locked")
+                return await spoiler_flagged(guild_id, channel_nsfw)
+
+            worker.spoiler_flagged = locked_once  # type: ignore[method-assign]
+            sent = await h.dispatch(fill(h, "handed back once"))
+            message = await final_reply(h, sent, within=15)
+            assert failed == [1]
+            assert_delivered_once(h, message)
+            assert creates_per_prompt(fake) == {"handed back once": 1}
+            await slots_free(h, MEMBER.id)
+            assert worker.lifecycle.store.held == set()
