@@ -17,7 +17,8 @@ For each worker count, from scratch (fresh fakes, fresh database):
   high, so the CPU work of finishing (compositing, encoding) and delivering is what the workers compete for.
 - Figures: jobs finished per second = delivered jobs / (last final edit at Discord - release); provider
   completion -> final Discord edit (median, p90), from the fakes' timestamps (wall clock, as bench_bot); CPU
-  seconds of the workers and of the fakes over the run; jobs each worker claimed (from its log). The ratio
+  seconds of the workers and of the fakes over the run, and the workers' CPU seconds per second (how many of the
+  machine's CPUs they kept busy); jobs each worker claimed (from its log). The ratio
   2 workers / 1 worker of jobs per second shows how finishing scales over processes on this machine's CPUs.
 
 `--database-url` is passed to the front and every worker as DATABASE_URL (settings and process environment);
@@ -294,15 +295,16 @@ def render(runs: dict[int, dict[str, Any]], args: argparse.Namespace, load: tupl
         f"database: {'DATABASE_URL given' if args.database_url else 'SQLite file'}",
         "",
         "| workers | jobs | jobs/s | wall s | completion->edit p50 / p90 s | CPU s workers / fakes "
-        "| jobs claimed per worker | queueing s (front) | failed |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| workers' CPUs busy | jobs claimed per worker | queueing s (front) | failed |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for count, run in sorted(runs.items()):
         delays = run["edit_delay"]
         lines.append(
             f"| {count} | {run['jobs']} | {run['jobs_per_s']:.2f} | {run['wall_s']:.1f} "
             f"| {median(delays):.2f} / {percentile(delays, 90):.2f} "
-            f"| {run['workers_cpu_s']:.0f} / {run['fakes_cpu_s']:.0f} | {' + '.join(map(str, run['claims']))} "
+            f"| {run['workers_cpu_s']:.0f} / {run['fakes_cpu_s']:.0f} | {run['workers_cpu_s'] / run['wall_s']:.2f} "
+            f"| {' + '.join(map(str, run['claims']))} "
             f"| {run['admitted_s']:.1f} | {run['failed']} |"
         )
     lines += ["", "| figure | value |", "|---|---|"]
