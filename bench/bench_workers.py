@@ -14,12 +14,13 @@ For each worker count, from scratch (fresh fakes, fresh database):
 - The wave: `--jobs` /fill interactions (the 1440x1440 RGBA PNG of bench_preprocess, each from its own member)
   at `--rate` per second; the front admits, prepares and queues them. Once every job is queued, all workers are
   resumed at once (SIGCONT): the clock starts. Provider jobs are short (`--duration`) and the provider limit
-  high, so the CPU work of finishing (compositing, encoding) and delivering is what the workers compete for.
+  high, so what limits the workers is their CPU work per job: preparing the stored pictures again for the
+  provider, finishing (compositing, encoding) and delivering.
 - Figures: jobs finished per second = delivered jobs / (last final edit at Discord - release); provider
   completion -> final Discord edit (median, p90), from the fakes' timestamps (wall clock, as bench_bot); CPU
   seconds of the workers and of the fakes over the run, and the workers' CPU seconds per second (how many of the
-  machine's CPUs they kept busy); jobs each worker claimed (from its log). The ratio
-  2 workers / 1 worker of jobs per second shows how finishing scales over processes on this machine's CPUs.
+  machine's CPUs they kept busy); jobs each worker claimed (from its log). The ratio 2 workers / 1 worker of
+  jobs per second shows how that work scales over processes on this machine's CPUs.
 
 `--database-url` is passed to the front and every worker as DATABASE_URL (settings and process environment);
 the bot reads it once PostgreSQL support is in (until then every process uses the SQLite file). The pause
