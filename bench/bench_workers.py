@@ -7,8 +7,8 @@ For each worker count, from scratch (fresh fakes, fresh database):
 - FakeDiscord and FakeReplicate (honouring `Prefer: wait`) run in their own child processes, as in bench_bot;
   the front bot (`create_bot` with EXTERNAL_WORKERS=true, i.e. Mode.FRONT) runs in this process, driven by
   `DiscordHarness`; each worker is its own process: `tests/discord/crash_child.py` in worker mode, which runs
-  what `fillbot worker` runs (`create_bot(mode=Mode.WORKER)` + `login`, no gateway) with production's
-  edit_interval of 1.5 s. They share a SQLite file in a temporary directory.
+  `bot.app.run_worker` as `fillbot worker` does (REST only, no gateway; production's edit_interval of 1.5 s)
+  against the fake Discord. They share a SQLite file in a temporary directory.
 - Warm-up: each worker, started alone, runs `--warmup` jobs (imports, connection pools, Pillow plugins), then is
   paused (SIGSTOP, at a moment it holds no database lock) so that it claims nothing yet.
 - The wave: `--jobs` /fill interactions (the 1440x1440 RGBA PNG of bench_preprocess, each from its own member)
@@ -59,7 +59,8 @@ CLAIM_LINE = "claimed job"  # what bot.lifecycle.dispatch logs per claim
 
 
 class WorkerProcess:
-    """One job worker in its own process; its log (stderr) goes to a file next to its config."""
+    """One job worker in its own process; its log (stderr) goes to a file next to its config. SIGTERM stops it the
+    way an operator would (its jobs handed back at once)."""
 
     def __init__(self, proc: asyncio.subprocess.Process, log: Path) -> None:
         self.proc = proc
@@ -71,7 +72,6 @@ class WorkerProcess:
         config = tmp / f"worker{index}.json"
         config.write_text(json.dumps({
             "mode": "worker", "api_base": rig.remote.api_base, "token": rig.harness.token, "env": rig.env,
-            "edit_interval": EDIT_INTERVAL,
         }))
         log = config.with_suffix(".log")
         with log.open("wb") as err:
