@@ -3,7 +3,8 @@ load, repeated, medians.
 
 Run: .venv/bin/python bench/run_all.py [--quick] [--runs N] [--out PATH]
 
-- default: 3 runs of each benchmark at full size (about 20 minutes on 2 cores);
+- default: 3 runs of each benchmark at full size (about 20 minutes on 2 cores, plus about 3.5 minutes a run for
+  the job workers);
 - --quick: one run of each, small loads and short jobs (about a minute), to check the benchmarks work;
 - --smoke: the smallest run that still produces every row, benchmarks in parallel (the test suite uses it).
 
