@@ -18,9 +18,10 @@ For each worker count, from scratch (fresh fakes, fresh database):
   provider, finishing (compositing, encoding) and delivering.
 - Figures: jobs finished per second = delivered jobs / (last final edit at Discord - release); provider
   completion -> final Discord edit (median, p90), from the fakes' timestamps (wall clock, as bench_bot); CPU
-  seconds of the workers and of the fakes over the run, and the workers' CPU seconds per second (how many of the
-  machine's CPUs they kept busy); jobs each worker claimed (from its log). The ratio 2 workers / 1 worker of
-  jobs per second shows how that work scales over processes on this machine's CPUs.
+  seconds of the workers and of the fakes over the run, per job (steady whatever else runs on the machine) and per
+  second (how many of the machine's CPUs the workers kept busy); jobs each worker claimed (from its log). The
+  ratio 2 workers / 1 worker of jobs per second shows how that work scales over processes on this machine's CPUs;
+  CPU seconds per job divided into the CPUs gives the ceiling.
 
 `--database-url` is passed to the front and every worker as DATABASE_URL (settings and process environment);
 the bot reads it once PostgreSQL support is in (until then every process uses the SQLite file). The pause
@@ -273,6 +274,8 @@ def summarize(runs: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
             median(run["edit_delay"]), "s")
         add(f"edit_p90.{count}", f"completion -> final Discord edit, p90, {count} worker(s)",
             percentile(run["edit_delay"], 90), "s")
+        add(f"cpu_per_job.{count}", f"workers' CPU seconds per job, {count} worker(s)",
+            run["workers_cpu_s"] / jobs if jobs else float("nan"), "s")
     if 1 in runs and 2 in runs and runs[1]["jobs_per_s"] > 0:
         add("ratio.2_1", "throughput ratio, 2 workers / 1 worker", runs[2]["jobs_per_s"] / runs[1]["jobs_per_s"], "")
     add("cpus", "CPUs usable", float(_usable_cpus()), "")
@@ -296,15 +299,16 @@ def render(runs: dict[int, dict[str, Any]], args: argparse.Namespace, load: tupl
         f"database: {'DATABASE_URL given' if args.database_url else 'SQLite file'}",
         "",
         "| workers | jobs | jobs/s | wall s | completion->edit p50 / p90 s | CPU s workers / fakes "
-        "| workers' CPUs busy | jobs claimed per worker | queueing s (front) | failed |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| CPU s per job | workers' CPUs busy | jobs claimed per worker | queueing s (front) | failed |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for count, run in sorted(runs.items()):
         delays = run["edit_delay"]
         lines.append(
             f"| {count} | {run['jobs']} | {run['jobs_per_s']:.2f} | {run['wall_s']:.1f} "
             f"| {median(delays):.2f} / {percentile(delays, 90):.2f} "
-            f"| {run['workers_cpu_s']:.0f} / {run['fakes_cpu_s']:.0f} | {run['workers_cpu_s'] / run['wall_s']:.2f} "
+            f"| {run['workers_cpu_s']:.0f} / {run['fakes_cpu_s']:.0f} | {run['workers_cpu_s'] / run['jobs']:.2f} "
+            f"| {run['workers_cpu_s'] / run['wall_s']:.2f} "
             f"| {' + '.join(map(str, run['claims']))} "
             f"| {run['admitted_s']:.1f} | {run['failed']} |"
         )
