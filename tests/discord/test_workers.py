@@ -16,8 +16,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from bot.app import FillBot, create_bot
 from bot.lifecycle.jobs import Mode
 from tests.discord.conftest import both_backends, final_reply, job_id_of, running, settings_for
@@ -158,7 +156,6 @@ async def test_a_job_handed_back_after_its_claim_failed_runs_later(tmp_path: Pat
             assert worker.lifecycle.store.held == set()
 
 
-@pytest.mark.xfail(strict=True, reason="JobStore.renew reports a job handed to the workers meanwhile as taken over")
 async def test_a_lease_renewal_during_a_hand_off_reports_no_takeover(tmp_path: Path) -> None:
     """The front bot's keeper renews the leases of the jobs it holds while it hands others to the workers. A round
     that read the held jobs just before a hand-off committed must not report that job as taken over by another
