@@ -3,7 +3,7 @@
 Run: .venv/bin/python bench/bench_workers.py [--workers 1,2] [--jobs 150] [--duration 0.5] [--json]
                                               [--database-url postgresql://...]
 
-For each worker count, from scratch (fresh fakes, fresh database):
+For each worker count, from scratch (fresh fakes; a fresh SQLite file):
 - FakeDiscord and FakeReplicate (honouring `Prefer: wait`) run in their own child processes, as in bench_bot;
   the front bot (`create_bot` with EXTERNAL_WORKERS=true, i.e. Mode.FRONT) runs in this process, driven by
   `DiscordHarness`; each worker is its own process: `tests/discord/crash_child.py` in worker mode, which runs
@@ -23,9 +23,10 @@ For each worker count, from scratch (fresh fakes, fresh database):
   ratio 2 workers / 1 worker of jobs per second shows how that work scales over processes on this machine's CPUs;
   CPU seconds per job divided into the CPUs gives the ceiling.
 
-`--database-url` is passed to the front and every worker as DATABASE_URL (settings and process environment);
-the bot reads it once PostgreSQL support is in (until then every process uses the SQLite file). The pause
-check that no worker is stopped inside a transaction only applies to SQLite.
+`--database-url postgresql://...` is passed to the front and every worker as DATABASE_URL (settings and process
+environment): every process then uses that PostgreSQL database instead of the SQLite file. Give an empty database;
+the runs for each worker count share it (their jobs are told apart by creation time). The check that no worker
+is paused inside a transaction only applies to SQLite.
 """
 
 from __future__ import annotations
