@@ -9,7 +9,7 @@ jobs cost little memory and a job can be finished after a restart from stored by
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from PIL import Image
@@ -37,7 +37,7 @@ from bot.imaging import (
     target_size,
 )
 from bot.imaging.loading import decode
-from bot.imaging.preview import before_preview
+from bot.imaging.preview import BEFORE_SIDE, before_preview
 from bot.params import EditRequest, FillRequest, ModelSpec
 from bot.providers.base import InputImage, ProviderJob
 from bot.providers.registry import PROVIDERS
@@ -167,16 +167,21 @@ def finish(
     if isinstance(request, FillRequest) and inputs.mask is not None and delivery.composite:
         original = load_image(inputs.original, limits, what="image").image
         mask, _, _ = decode(inputs.mask, limits, what="mask", grey_ok=True)
+        # From the pictures already decoded (Filled changes the original): decoding the upload again for a
+        # thumbnail cost as much as the rest of the finish's decoding of it.
+        before = _before(lambda: mask_preview(original, mask, max_side=BEFORE_SIDE), job_id)
         filled = Filled(original, mask, feather=request.mask.feather)
         del original, mask  # the composite owns the only full-size picture from here on
         for data, _flagged in outputs:
             filled.add(_result(data, limits))
         pictures = filled
-    elif isinstance(request, FillRequest):
-        size = _original_size(inputs, limits)
-        pictures = [fit_result(size, _result(data, limits)) for data, _flagged in outputs]
     else:
-        pictures = [_result(data, limits) for data, _flagged in outputs]
+        before = _before(lambda: before_preview(inputs.original, inputs.mask), job_id)
+        if isinstance(request, FillRequest):
+            size = _original_size(inputs, limits)
+            pictures = [fit_result(size, _result(data, limits)) for data, _flagged in outputs]
+        else:
+            pictures = [_result(data, limits) for data, _flagged in outputs]
     fmt = delivery.output_format
     if fmt == AUTO:
         transparent = any(pictures[i].mode == "RGBA" for i in range(len(pictures)))
@@ -187,14 +192,14 @@ def finish(
         FinishedImage(file.data, f"{kind}-{job_id}-{i}.{file.extension}", file.size, flagged)
         for i, (file, (_, flagged)) in enumerate(zip(encoded, outputs, strict=True), start=1)
     )
-    return Finished(images, tuple(notices), _before(inputs, job_id))
+    return Finished(images, tuple(notices), before)
 
 
-def _before(inputs: JobInputs, job_id: str) -> bytes | None:
+def _before(draw: Callable[[], bytes], job_id: str) -> bytes | None:
     """The "before" picture, drawn with the finish from the inputs it already has; a nicety, so a failure only
     leaves it out."""
     try:
-        return before_preview(inputs.original, inputs.mask)
+        return draw()
     except Exception:
         log.exception("job %s: could not draw its before picture", job_id)
         return None
