@@ -8,6 +8,7 @@ jobs cost little memory and a job can be finished after a restart from stored by
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -139,6 +140,19 @@ def prepare_edit(image_data: bytes, request: EditRequest, limits: Limits) -> Pre
         coverage=None,
         notices=loaded.notices,
     )
+
+
+def job_from_sent(request: FillRequest | EditRequest, image: bytes, mask: bytes | None) -> ProviderJob:
+    """The provider job again from the pictures `prepare_*` made for it (kept with the job): only their sizes
+    are read, from the headers."""
+    mask_input = None if mask is None else InputImage(mask, "image/png", _header_size(mask))
+    return ProviderJob(request.spec, request.prompt, request.params,
+                       InputImage(image, PROVIDER_MIME, _header_size(image)), mask_input)
+
+
+def _header_size(data: bytes) -> tuple[int, int]:
+    with Image.open(io.BytesIO(data)) as opened:
+        return opened.size
 
 
 def _thumbnail(image: Image.Image, max_side: int = 640) -> Image.Image:

@@ -399,17 +399,19 @@ class Storage:
 
     async def queue_job(
         self, job_id: str, owner: str, original: bytes, mask: bytes | None, notices: Sequence[str],
-        *, hand_off: bool = False,
+        *, sent: tuple[bytes, bytes | None] | None = None, hand_off: bool = False,
     ) -> None:
-        """Store the prepared pictures and move the job from `preparing` to `queued`, together. `hand_off`
-        gives up the lease in the same step, for a job worker to claim."""
+        """Store the prepared pictures (`sent`: as they go to the provider) and move the job from `preparing` to
+        `queued`, together. `hand_off` gives up the lease in the same step, for a job worker to claim."""
+        sent_image, sent_mask = sent if sent is not None else (None, None)
         async with self._transaction():
             current = await self._owned(job_id, owner)
             check_move(current.state, State.QUEUED)
             await self._execute(
-                "INSERT INTO job_inputs (job_id, original, mask) VALUES (?, ?, ?) ON CONFLICT (job_id) "
-                "DO UPDATE SET original = excluded.original, mask = excluded.mask",
-                (job_id, original, mask),
+                "INSERT INTO job_inputs (job_id, original, mask, sent_image, sent_mask) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (job_id) DO UPDATE SET original = excluded.original, mask = excluded.mask, "
+                "sent_image = excluded.sent_image, sent_mask = excluded.sent_mask",
+                (job_id, original, mask, sent_image, sent_mask),
             )
             # No owner and no lease: waiting for a worker, and counted by every limit meanwhile (a lapsed lease
             # would mean a dead process, whose jobs count only once taken over).
@@ -477,6 +479,8 @@ class Storage:
                 (now, _encode_outputs(outputs), error, now, job_id),
             )
             await self._execute("DELETE FROM job_outputs WHERE job_id = ?", (job_id,))
+            await self._execute("UPDATE job_inputs SET sent_image = NULL, sent_mask = NULL WHERE job_id = ?",
+                                (job_id,))
 
     async def claim_job(self, job_id: str, owner: str, lease_until: float) -> JobRecord | None:
         """Take an undelivered job whose owner's lease ran out (or that has none); None if someone holds it."""
@@ -600,6 +604,14 @@ class Storage:
     async def get_job(self, job_id: str) -> JobRecord | None:
         async with self._lock:
             return await self._job_unlocked(job_id)
+
+    async def load_sent(self, job_id: str) -> tuple[bytes, bytes | None] | None:
+        """The job's pictures as prepared for the provider, until it is delivered; None if not kept."""
+        rows = await self._rows("SELECT sent_image, sent_mask FROM job_inputs WHERE job_id = ?", (job_id,))
+        if not rows or rows[0]["sent_image"] is None:
+            return None
+        mask = rows[0]["sent_mask"]
+        return bytes(rows[0]["sent_image"]), None if mask is None else bytes(mask)
 
     async def load_inputs(self, job_id: str) -> tuple[bytes, bytes | None] | None:
         """The job's original picture and mask; None once purged (Rerun then says the inputs are gone)."""

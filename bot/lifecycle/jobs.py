@@ -89,8 +89,9 @@ class Lifecycle:
         """Store the prepared pictures (the job is `queued`: safe to send) and run it in the background, or
         leave it to the job workers."""
         hand_off = self.mode is Mode.FRONT
+        job = prepared.job
         await self.store.queue(record.id, prepared.inputs.original, prepared.inputs.mask, prepared.notices,
-                               hand_off=hand_off)
+                               sent=(job.image.data, None if job.mask is None else job.mask.data), hand_off=hand_off)
         queued = dataclasses.replace(record, status=State.QUEUED.value, notices=prepared.notices)
         if hand_off:
             sink.show(Progress(record.id, State.QUEUED, 0.0))

@@ -24,7 +24,7 @@ from bot.lifecycle.slots import SlotQueue
 from bot.lifecycle.states import State, allowed
 from bot.lifecycle.store import JobStore, NotOwner, StoreUnavailable
 from bot.params import EditRequest, FillRequest, request_from_json
-from bot.pipeline import JobInputs
+from bot.pipeline import JobInputs, job_from_sent
 from bot.providers.base import Handle, Provider, ProviderJob, Status
 from bot.service import FillService
 from bot.storage import JobRecord
@@ -239,6 +239,9 @@ class Runner:
         return Ending(live.id, state, live.record.error, live.elapsed(), notices=live.record.notices)
 
     async def _prepare_again(self, live: LiveJob) -> ProviderJob:
+        sent = await self.store.load_sent(live.id)
+        if sent is not None:  # prepared at admission: sent as it was, no picture work again
+            return job_from_sent(live.request, *sent)
         stored = await self.store.load_inputs(live.id)
         if stored is None:
             raise _Stop(await self._end(live, State.FAILED, MSG_INPUTS_GONE))

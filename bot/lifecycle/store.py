@@ -83,13 +83,14 @@ class JobStore:
         self.held.discard(job_id)
 
     async def queue(
-        self, job_id: str, original: bytes, mask: bytes | None, notices: Sequence[str], *, hand_off: bool = False
+        self, job_id: str, original: bytes, mask: bytes | None, notices: Sequence[str], *,
+        sent: tuple[bytes, bytes | None] | None = None, hand_off: bool = False,
     ) -> None:
         if hand_off:
             self.held.discard(job_id)  # before the write: a keeper round meanwhile must not think it was taken
         try:
             await self._retry("store inputs", lambda: self.storage.queue_job(
-                job_id, self.owner, original, mask, notices, hand_off=hand_off))
+                job_id, self.owner, original, mask, notices, sent=sent, hand_off=hand_off))
         except BaseException:
             if hand_off:
                 self.held.add(job_id)
@@ -105,6 +106,9 @@ class JobStore:
 
     async def load_outputs(self, job_id: str) -> list[tuple[bytes, bool]]:
         return await self._retry("load outputs", lambda: self.storage.load_outputs(job_id))
+
+    async def load_sent(self, job_id: str) -> tuple[bytes, bytes | None] | None:
+        return await self._retry("load sent pictures", lambda: self.storage.load_sent(job_id))
 
     async def load_inputs(self, job_id: str) -> tuple[bytes, bytes | None] | None:
         return await self._retry("load inputs", lambda: self.storage.load_inputs(job_id))

@@ -13,6 +13,7 @@ from bot.lifecycle.states import IllegalMove, State
 from bot.storage import JobRecord, Migration, NotOwner, OutputMeta, Storage, load_migrations
 
 DAY = 86_400.0
+SHIPPED = [1, 2, 3]  # the migrations in bot/migrations
 T0 = 1_700_000_000.0
 
 
@@ -66,10 +67,10 @@ async def test_migrations_apply_once_and_reopen_cleanly(database_target: str | P
     if isinstance(target, Path):
         target = target.parent / "data" / "nested" / "bot.db"  # the folder does not exist yet
     async with await Storage.open(target) as storage:
-        assert await storage.applied_migrations() == [1, 2]
+        assert await storage.applied_migrations() == SHIPPED
         await storage.create_job(job("j1"), b"img", None)
     async with await Storage.open(target) as storage:
-        assert await storage.applied_migrations() == [1, 2]
+        assert await storage.applied_migrations() == SHIPPED
         assert (await storage.get_job("j1")) is not None
         assert await storage.load_inputs("j1") == (b"img", None)
         assert {"jobs", "job_inputs", "job_outputs", "guild_settings", "schema_migrations"} <= await tables(storage)
@@ -77,20 +78,20 @@ async def test_migrations_apply_once_and_reopen_cleanly(database_target: str | P
     if isinstance(target, Path):
         with sqlite3.connect(target) as raw:
             assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-            assert raw.execute("SELECT COUNT(*) FROM schema_migrations").fetchone()[0] == 2
+            assert raw.execute("SELECT COUNT(*) FROM schema_migrations").fetchone()[0] == len(SHIPPED)
 
 
 async def test_new_migration_applies_on_reopen_and_a_failing_one_rolls_back(database_target: str | Path) -> None:
     target = database_target
     base = load_migrations()
-    assert [(m.version, m.name) for m in base] == [(1, "initial"), (2, "lifecycle")]
+    assert [(m.version, m.name) for m in base] == [(1, "initial"), (2, "lifecycle"), (3, "sent_pictures")]
     async with await Storage.open(target):  # first start: the shipped migrations
         pass
-    extra = Migration(3, "notes", "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT); -- a; comment\n"
+    extra = Migration(4, "notes", "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT); -- a; comment\n"
                                   "INSERT INTO notes (body) VALUES ('x;y');")
     async with await Storage.open(target, migrations=(*base, extra)) as storage:
-        assert await storage.applied_migrations() == [1, 2, 3]
-    broken = Migration(4, "broken", "CREATE TABLE half (id INTEGER); INSERT INTO missing VALUES (1);")
+        assert await storage.applied_migrations() == [*SHIPPED, 4]
+    broken = Migration(5, "broken", "CREATE TABLE half (id INTEGER); INSERT INTO missing VALUES (1);")
     with pytest.raises(db.StorageError):
         await Storage.open(target, migrations=(*base, extra, broken))
     async with await Storage.open(target, migrations=(*base, extra)) as storage:

@@ -9,6 +9,7 @@ stops it without sending it.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import signal
 import sqlite3
@@ -181,3 +182,32 @@ async def test_a_lease_renewal_during_a_hand_off_reports_no_takeover(tmp_path: P
             await h.dispatch(fill(h, "handed to the workers"))
             await h.wait_for(lambda: bool(reported), timeout=15, message="the hand-off")
             assert reported == [set()]
+
+
+async def test_a_worker_sends_the_pictures_prepared_at_admission_without_preparing_them_again(tmp_path: Path) -> None:
+    async with FakeReplicate(duration=0.2, honour_wait=False) as fake:
+        env = job_env(fake, tmp_path, EXTERNAL_WORKERS="true")
+        front = create_bot(settings_for(tmp_path, **env), edit_interval=0.05)
+        async with running(front) as h:
+            sent = await h.dispatch(fill(h, "prepared once"))
+            await h.wait_for(lambda: (m := h.original(sent)) is not None and bool(m.custom_ids()), timeout=15,
+                             message="queued for the workers")
+            job_id = job_id_of(h.original(sent))  # type: ignore[arg-type]
+            stored = await front.storage.load_sent(job_id)
+            assert stored is not None
+            async with workers(h, env, tmp_path, 1) as (worker,):
+                async def no_picture_work(*args: object, **kwargs: object) -> None:
+                    raise AssertionError("the worker prepared the pictures again")
+
+                worker.service.prepare = no_picture_work  # type: ignore[method-assign, assignment]
+                message = await final_reply(h, sent)
+
+                async def delivered() -> bool:
+                    job = await front.storage.get_job(job_id)
+                    return job is not None and job.delivered_at is not None
+
+                await h.wait_for(delivered, timeout=10, message="recorded as delivered")
+            assert_delivered_once(h, message)
+            [prediction] = fake.predictions.values()
+            assert prediction.input["image"].endswith(base64.b64encode(stored[0]).decode())  # the same bytes
+            assert await front.storage.load_sent(job_id) is None  # dropped once delivered
