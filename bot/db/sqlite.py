@@ -63,7 +63,7 @@ class SQLiteBackend:
                 # Only possible if a ROLLBACK was itself interrupted (task cancelled at the wrong moment).
                 log.warning("rolling back a transaction left open")
                 await self._db.execute("ROLLBACK")
-            await self._db.execute("BEGIN IMMEDIATE")
+            await self._begin()
             pending: list[tuple[str, str]] = []
             token = _pending.set(pending)
             try:
@@ -76,6 +76,19 @@ class SQLiteBackend:
             await self._db.execute("COMMIT")
         for channel, payload in pending:
             self._subscribers.deliver(channel, payload)
+
+    async def _begin(self) -> None:
+        """BEGIN IMMEDIATE, also when the task is cancelled while it waits: aiosqlite's thread runs a queued
+        statement anyway, so a cancelled BEGIN would leave the connection inside a transaction and the next
+        task's BEGIN would fail ("cannot start a transaction within a transaction")."""
+        begin = asyncio.ensure_future(self._db.execute("BEGIN IMMEDIATE"))
+        try:
+            await asyncio.shield(begin)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await begin
+                await self._db.execute("ROLLBACK")
+            raise
 
     async def rows(self, sql: str, params: Sequence[object] = ()) -> list[Row]:
         async with self._db.execute(sql, params) as cursor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -265,3 +266,15 @@ async def test_purge_by_age(store: Storage, clock: Clock) -> None:
     assert await store.load_inputs("fresh") is not None
     with pytest.raises(ValueError):
         await store.purge(0)
+
+
+async def test_a_write_cancelled_as_it_begins_leaves_no_transaction_open(store: Storage) -> None:
+    """A task cancelled while its transaction begins (a shutdown, a job dropped) must not leave the connection
+    inside a transaction: the next write would fail ("cannot start a transaction within a transaction")."""
+    await store.create_job(job("j1"))
+    for _ in range(50):
+        doomed = asyncio.create_task(store.release_jobs("me", ["j1"]))
+        await asyncio.sleep(0)  # it has queued its BEGIN
+        doomed.cancel()
+        await store.renew_leases("me", ["j1"], T0 + 60)  # the next write goes through
+    assert (await store.get_job("j1")).lease_until == T0 + 60  # type: ignore[union-attr]
