@@ -241,7 +241,10 @@ class FakeBFL:
 
     async def _call_back(self, job: BFLJob) -> None:
         """BFL's webhook (its own examples): the result JSON, `X-BFL-Signature: sha256=<hex HMAC(body)>`."""
-        await asyncio.sleep(job.duration)  # the fake's clock: the job ends `duration` after creation
+        # BFL calls back once the result is ready: not a moment before the fake's own clock says so (asyncio may
+        # wake a sleeper a clock tick early, and a GET then still answered "Pending").
+        while self._elapsed(job) < 1.0:
+            await asyncio.sleep(max(0.001, job.created + job.duration - time.monotonic()))
         payload = json.dumps({"id": job.id, "status": "Ready", "result": {"sample": "ignored"}}).encode()
         secret = str(job.body.get("webhook_secret") or "")
         if self.webhook == "forged":
