@@ -241,9 +241,8 @@ class FakeBFL:
 
     async def _call_back(self, job: BFLJob) -> None:
         """BFL's webhook (its own examples): the result JSON, `X-BFL-Signature: sha256=<hex HMAC(body)>`."""
-        # BFL calls back once the result is ready: not a moment before the fake's own clock says so (asyncio may
-        # wake a sleeper a clock tick early, and a GET then still answered "Pending").
-        while self._elapsed(job) < 1.0:
+        # BFL calls back once the result is ready: never before this fake's own status reads "Ready".
+        while self._elapsed(job) < 1.0:  # noqa: ASYNC110 - the fake's clock is the condition, no event to wait on
             await asyncio.sleep(max(0.001, job.created + job.duration - time.monotonic()))
         payload = json.dumps({"id": job.id, "status": "Ready", "result": {"sample": "ignored"}}).encode()
         secret = str(job.body.get("webhook_secret") or "")
