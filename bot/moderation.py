@@ -500,8 +500,9 @@ def check_limits(
     user_everywhere_today: Sequence[float] = (),
     user_waiting: int = 0,
     guild_waiting: int = 0,
+    in_dm: bool = False,
 ) -> LimitDecision:
-    """Decide whether a person may start a job now.
+    """Decide whether a person may start a job now (`in_dm`: a direct message, under the declared defaults).
 
     `user_recent_job_times`: creation times of their recent jobs (for the cooldown); `user_active`: their queued
     or running jobs; `user_today`/`guild_today`: creation times of jobs counting toward the server's quotas;
@@ -511,9 +512,10 @@ def check_limits(
     """
     refusals: list[LimitDecision] = []
     if user_active >= settings.max_concurrent_per_user:
+        where = "direct messages allow" if in_dm else "this server allows"
         refusals.append(LimitDecision(
             False,
-            f"You already have {_jobs(user_active)} running; this server allows "
+            f"You already have {_jobs(user_active)} running; {where} "
             f"{settings.max_concurrent_per_user} at a time. Try again when one finishes.",
         ))
     waiting = (
@@ -597,6 +599,7 @@ async def admit(
         user_everywhere_today=everywhere,
         user_waiting=user_waiting,
         guild_waiting=guild_waiting,
+        in_dm=guild_id is None,
     )
 
 

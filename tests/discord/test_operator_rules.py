@@ -139,6 +139,6 @@ async def test_a_dm_runs_under_the_declared_default_limits(
             await h.dispatch(dm_fill(h, prompt))
         await h.wait_for(lambda: fake_replicate.count("POST", "create") == 2, message="two DM jobs run")
         text = await refused(h, dm_fill(h, "three"))  # GuildSettings' default: 2 at a time
-        assert "You already have 2 jobs running" in text, text
+        assert "You already have 2 jobs running; direct messages allow 2 at a time" in text, text
         text = await refused(h, dm_fill(h, "four", outputs=4 + 1))
         assert "at most 4" in text, text
