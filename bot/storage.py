@@ -824,7 +824,7 @@ class Storage:
                     "ON CONFLICT (guild_id, key) DO UPDATE SET value = excluded.value",
                     (guild_id, key, json.dumps(new)),
                 )
-                entry = AuditEntry(guild_id, actor_id, key, format_value(old), format_value(new), now)
+                entry = AuditEntry(guild_id, actor_id, key, format_value(old, key), format_value(new, key), now)
                 await self._audit(entry)
                 entries.append(entry)
         return entries

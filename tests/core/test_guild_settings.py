@@ -209,7 +209,7 @@ async def test_settings_update_writes_audit_rows(store: Storage, clock: Clock) -
     await store.update_guild_settings(GUILD, MOD + 1, {"allowed_providers": ("bfl", "local")})
     log = await store.audit_log(GUILD)
     assert [(e.key, e.old, e.new, e.actor_id) for e in log[:2]] == [
-        ("allowed_providers", "none", "bfl, local", MOD + 1),
+        ("allowed_providers", "all configured providers", "bfl, local", MOD + 1),
         ("gallery_channel_id", "not set", "555", MOD),
     ]
     assert len(await store.audit_log(GUILD, limit=2)) == 2
