@@ -131,6 +131,9 @@ def _available(providers: Mapping[str, ProviderSettings]) -> tuple[str, ...]:
     )
 
 
+MAX_OPERATOR_TERMS = 100_000  # BLOCKED_TERMS_FILE: the filter's automaton is built once, at start-up
+
+
 class _Reader:
     """Reads typed values from one mapping and names the variable in every error."""
 
@@ -228,6 +231,9 @@ class _Reader:
             except SettingsError as exc:
                 raise ConfigError(f"{name}={raw!r}, line {number}: {exc.message}") from None
             terms.setdefault(term_key(term), (term, action))
+            if len(terms) > MAX_OPERATOR_TERMS:
+                raise ConfigError(f"{name}={raw!r} holds more than {MAX_OPERATOR_TERMS} terms (line {number}); "
+                                  "the filter is built from all of them at start-up: shorten the list.")
         return tuple(terms.values())
 
 

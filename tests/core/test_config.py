@@ -138,6 +138,18 @@ def test_a_bad_blocked_term_names_the_file_and_line(tmp_path: Path) -> None:
     assert "BLOCKED_TERMS_FILE" in str(info.value) and "line 2" in str(info.value) and "no letters" in str(info.value)
 
 
+def test_an_oversized_blocked_terms_file_is_refused_at_start_up(tmp_path: Path) -> None:
+    from bot.config import MAX_OPERATOR_TERMS
+
+    terms = tmp_path / "terms.txt"
+    terms.write_text("".join(f"term{n}\n" for n in range(MAX_OPERATOR_TERMS + 1)), "utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_settings({"BLOCKED_TERMS_FILE": str(terms)})
+    assert f"more than {MAX_OPERATOR_TERMS} terms" in str(info.value), info.value
+    terms.write_text("".join(f"term{n}\n" for n in range(MAX_OPERATOR_TERMS)), "utf-8")
+    assert len(load_settings({"BLOCKED_TERMS_FILE": str(terms)}).rules.blocked_terms) == MAX_OPERATOR_TERMS
+
+
 def test_env_example_and_readme_document_every_operator_rule() -> None:
     root = Path(__file__).parents[2]
     example, readme = (root / ".env.example").read_text(), (root / "README.md").read_text()
