@@ -26,6 +26,9 @@ from bot.errors import ConfigError
 from bot.lifecycle.jobs import Lifecycle, Mode
 from bot.service import FillService
 from bot.storage import Storage
+from bot.web.hooks import WebhookHub
+from bot.web.relay import CHANNEL as RELAY_CHANNEL
+from bot.web.relay import RelayListener
 from bot.web.server import WebServer
 
 log = logging.getLogger(__name__)
@@ -83,9 +86,17 @@ class FillBot(commands.AutoShardedBot):
         if self._storage is None:
             self._storage = await Storage.open(self.settings.database_target)
         self._lifecycle = Lifecycle(self.settings, self._storage, self.service, mode=self.mode)
-        if self.settings.web is not None and self.recover and self.mode is not Mode.WORKER:
-            self.web = WebServer(self.settings.web, storage=self._storage, runner=self._lifecycle.runner,
-                                 providers=self.service.providers, gateway_ok=self.gateway_connected)
+        web = self.settings.web
+        if web is not None and self.recover and self.mode is Mode.WORKER:
+            # Creates ask for callbacks to the bot processes' web side, which relays them here (bot/web/relay.py).
+            hub = WebhookHub(web.public_url, fallback_poll=web.fallback_poll)
+            for provider in self.service.providers.values():
+                provider.webhooks = hub
+            self._storage.subscribe(RELAY_CHANNEL, RelayListener(hub, self.service.providers))
+        elif web is not None and self.recover:
+            self.web = WebServer(web, storage=self._storage, runner=self._lifecycle.runner,
+                                 providers=self.service.providers, gateway_ok=self.gateway_connected,
+                                 relay_unknown=self.mode is Mode.FRONT)
             await self.web.start()
         for extension in EXTENSIONS:
             await self.load_extension(extension)

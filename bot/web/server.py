@@ -22,6 +22,7 @@ from bot.storage import Storage
 from bot.web.hooks import WebhookHub
 from bot.web.metrics import CONTENT_TYPE, Metrics
 from bot.web.painter import Painter
+from bot.web.relay import relay
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +44,10 @@ class WebServer:
         providers: MutableMapping[str, Provider],
         gateway_ok: Callable[[], bool],
         max_webhook_bytes: int = MAX_WEBHOOK_BYTES,
+        relay_unknown: bool = False,
     ) -> None:
         self.settings = settings
+        self.relay_unknown = relay_unknown  # job workers run the jobs: pass deliveries on to them (relay.py)
         self.storage = storage
         self.providers = providers
         self.gateway_ok = gateway_ok
@@ -88,10 +91,10 @@ class WebServer:
         return web.Response(body=await self.metrics.scrape(), headers={"Content-Type": CONTENT_TYPE})
 
     async def _webhook(self, request: web.Request) -> web.Response:
-        name = request.match_info["provider"]
+        name, token = request.match_info["provider"], request.match_info["token"]
         provider = self.providers.get(name)
-        callback = self.hub.find(name, request.match_info["token"]) if provider is not None else None
-        if provider is None or callback is None:
+        callback = self.hub.find(name, token) if provider is not None else None
+        if provider is None or (callback is None and not self.relay_unknown):
             self.metrics.webhooks.labels(name if provider else "unknown", "unknown").inc()
             return web.json_response({"error": "unknown callback"}, status=404)
         if request.content_length is not None and request.content_length > self.max_webhook_bytes:
@@ -99,6 +102,12 @@ class WebServer:
             return web.json_response({"error": "body too large"}, status=413)
         body = await request.read()  # aiohttp refuses bodies over client_max_size with 413
         try:
+            if callback is None:  # a job worker's job
+                relayed = await relay(self.storage, provider, token, body, request.headers)
+                self.metrics.webhooks.labels(name, "relayed" if relayed else "refused").inc()
+                if not relayed:
+                    return web.json_response({"error": "bad signature"}, status=401)
+                return web.json_response({"ok": True}, status=202)
             delivery = await provider.verify_webhook(callback, body, request.headers)
         except ProviderError as exc:  # the signing secret could not be fetched: ask the provider to retry
             log.warning("%s webhook: signing secret unavailable (%s)", name, exc.kind)
