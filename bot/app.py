@@ -87,16 +87,18 @@ class FillBot(commands.AutoShardedBot):
             self._storage = await Storage.open(self.settings.database_target)
         self._lifecycle = Lifecycle(self.settings, self._storage, self.service, mode=self.mode)
         web = self.settings.web
-        if web is not None and self.recover and self.mode is Mode.WORKER:
+        # Relayed webhooks travel as PostgreSQL notifications; on SQLite (one machine) workers simply poll.
+        relayed = self._storage.dialect == "postgresql"
+        if web is not None and self.recover and self.mode is Mode.WORKER and relayed:
             # Creates ask for callbacks to the bot processes' web side, which relays them here (bot/web/relay.py).
             hub = WebhookHub(web.public_url, fallback_poll=web.fallback_poll)
             for provider in self.service.providers.values():
                 provider.webhooks = hub
             self._storage.subscribe(RELAY_CHANNEL, RelayListener(hub, self.service.providers))
-        elif web is not None and self.recover:
+        elif web is not None and self.recover and self.mode is not Mode.WORKER:
             self.web = WebServer(web, storage=self._storage, runner=self._lifecycle.runner,
                                  providers=self.service.providers, gateway_ok=self.gateway_connected,
-                                 relay_unknown=self.mode is Mode.FRONT)
+                                 relay_unknown=self.mode is Mode.FRONT and relayed)
             await self.web.start()
         for extension in EXTENSIONS:
             await self.load_extension(extension)
