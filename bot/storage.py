@@ -505,6 +505,13 @@ class Storage:
         )
         return [_job_from_row(r) for r in rows]
 
+    async def handles_in_flight(self) -> list[str]:
+        """The provider handles (JSON) of the undelivered jobs a provider has, whoever runs them."""
+        rows = await self._rows(
+            "SELECT handle FROM jobs WHERE delivered_at IS NULL AND erased_at IS NULL AND handle IS NOT NULL"
+        )
+        return [str(r["handle"]) for r in rows]
+
     async def claim_next_queued(
         self, front: Front, owner: str, lease_until: float, capacity: Mapping[str, int]
     ) -> JobRecord | None:

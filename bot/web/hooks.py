@@ -102,6 +102,11 @@ class WebhookHub:
         watch.event.set()
         return True
 
+    def expect(self, provider: str, callback: Callback) -> None:
+        """Accept deliveries for a job this process will resume (after a restart) before it polls again: a call
+        that arrives meanwhile then wakes it at once, instead of being refused as unknown."""
+        self._watch(provider, callback)
+
     async def news(self, provider: str, callback: Callback) -> None:
         """Until the job's provider calls (also re-arms the callback of a job resumed after a restart)."""
         watch = self._watch(provider, callback)

@@ -17,7 +17,7 @@ from aiohttp import web
 from bot.config import WebSettings
 from bot.errors import ProviderError
 from bot.lifecycle.runner import Runner
-from bot.providers.base import Provider
+from bot.providers.base import Handle, Provider
 from bot.storage import Storage
 from bot.web.hooks import WebhookHub
 from bot.web.metrics import CONTENT_TYPE, Metrics
@@ -66,6 +66,11 @@ class WebServer:
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
+        if not self.relay_unknown:  # this process runs the jobs: re-arm the callbacks of those it will resume
+            for text in await self.storage.handles_in_flight():
+                handle = Handle.from_json(text)
+                if handle.callback is not None and handle.provider in self.providers:
+                    self.hub.expect(handle.provider, handle.callback)
         self._runner = web.AppRunner(self.app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         await web.TCPSite(self._runner, self.settings.host, self.settings.port).start()

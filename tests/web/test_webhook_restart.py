@@ -88,10 +88,9 @@ async def test_a_job_waiting_on_a_webhook_is_woken_after_a_restart(tmp_path: Pat
             await until(lambda: job_id in p.sinks, within=15, what="taken over")
             ending = await p.ending(job_id, within=30)  # exactly one ending (Process.ending checks)
             assert ending.state is State.SUCCEEDED and ending.finished is not None
-            # The final delivery woke the new bot. One that arrives before the taken-over job re-armed its callback
-            # is refused as unknown (404) and woken on the provider's retry, as a busy machine shows at times.
-            after = fake.webhook_answers[len(answers_before):]
-            assert after[-1] == 200 and set(after[:-1]) <= {404}, after
+            # The final delivery woke the new bot, even one that came before the job was taken over: the web side
+            # expects the callbacks of the jobs in flight from its start.
+            assert fake.webhook_answers[len(answers_before):] == [200]
             scraped = (await server.metrics.scrape()).decode()
             assert f'fillbot_webhooks_total{{outcome="woke",provider="{provider}"}} 1.0' in scraped
             record = await p.storage.get_job(job_id)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import socket
@@ -237,3 +238,27 @@ async def test_healthz_and_metrics_while_a_job_runs(tmp_path: Path) -> None:
             await p.storage.close()
             async with session.get(f"{base}/healthz") as r:
                 assert r.status == 503 and "database unreachable" in (await r.json())["problems"][0]
+
+
+async def test_a_delivery_before_a_restarted_bot_resumes_its_job_wakes_it_instead_of_a_404(tmp_path: Path) -> None:
+    """A restarted bot's web side expects the callbacks of the jobs in flight from its start: a provider calling
+    before the job was taken over (its old lease still running) is answered 200 and the job wakes at once."""
+    from tests.core.test_storage import job as stored_job
+
+    callback = Callback("tok-" + "a" * 30, "per-job-secret")
+    handle = Handle(provider="bfl", job_id="bfl-job-1", callback=callback)
+    async with await Storage.open(tmp_path / "bot.db") as storage:
+        await storage.create_job(dataclasses.replace(stored_job("j1", status="running"), handle=handle.to_json()))
+    async with FakeBFL(duration=0.5) as fake, \
+            web_process(tmp_path / "bot.db", BFL_API_KEY=fake.key, BFL_BASE_URL=fake.base_url) as (_, server):
+        assert server.settings is not None
+        body = b'{"id": "bfl-job-1", "status": "Ready"}'
+        signature = "sha256=" + hmac.new(callback.secret.encode(), body, hashlib.sha256).hexdigest()  # type: ignore[union-attr]
+        async with aiohttp.ClientSession() as session:
+            url = f"{server.settings.public_url}/hooks/bfl/{callback.token}"
+            async with session.post(url, data=body, headers={"X-BFL-Signature": signature}) as answer:
+                assert answer.status == 200
+            async with session.post(f"{server.settings.public_url}/hooks/bfl/unknown-token", data=body,
+                                    headers={"X-BFL-Signature": signature}) as answer:
+                assert answer.status == 404  # a token of no job in flight is still unknown
+        await asyncio.wait_for(server.hub.news("bfl", callback), 5)  # already woken: returns at once
