@@ -91,9 +91,7 @@ class FillBot(commands.AutoShardedBot):
         relayed = self._storage.dialect == "postgresql"
         if web is not None and self.recover and self.mode is Mode.WORKER and relayed:
             # Creates ask for callbacks to the bot processes' web side, which relays them here (bot/web/relay.py).
-            hub = WebhookHub(web.public_url, fallback_poll=web.fallback_poll)
-            for provider in self.service.providers.values():
-                provider.webhooks = hub
+            hub = WebhookHub.attach(web, self.service.providers.values())
             self._storage.subscribe(RELAY_CHANNEL, RelayListener(hub, self.service.providers))
         elif web is not None and self.recover and self.mode is not Mode.WORKER:
             self.web = WebServer(web, storage=self._storage, runner=self._lifecycle.runner,

@@ -158,7 +158,8 @@ class Runner:
     # --------------------------------------------------------------------------------------------- entry
     def start(self, record: JobRecord, sink: JobSink, *, job: ProviderJob | None = None) -> LiveJob:
         """Drive `record` from its stored state to delivered, in the background. `job` is the prepared
-        provider job of a fresh `queued` job (a resumed one is prepared again from its stored pictures)."""
+        provider job of a fresh `queued` job (a resumed one sends the pictures prepared at admission, kept with
+        the job, or prepares its stored upload again)."""
         live = LiveJob(record, request_from_json(record.request), sink, record.state)
         if record.cancel_requested_at is not None:
             live.cancel.set()  # asked while no process ran it

@@ -16,14 +16,15 @@ import logging
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from bot.providers.base import Callback
+from bot.config import WebSettings
+from bot.providers.base import Callback, Provider
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,14 @@ class WebhookHub:
         self.wake_gap = wake_gap
         self.clock = clock
         self._watches: OrderedDict[str, _Watch] = OrderedDict()
+
+    @classmethod
+    def attach(cls, settings: WebSettings, providers: Iterable[Provider]) -> WebhookHub:
+        """This process's hub, made the callback target of every provider's create requests."""
+        hub = cls(settings.public_url, fallback_poll=settings.fallback_poll)
+        for provider in providers:
+            provider.webhooks = hub
+        return hub
 
     def issue(self, provider: str, *, with_secret: bool = False) -> Callback:
         """A fresh callback for a job about to be created (registered now: a provider may call before the

@@ -52,10 +52,8 @@ class WebServer:
         self.providers = providers
         self.gateway_ok = gateway_ok
         self.max_webhook_bytes = max_webhook_bytes
-        self.hub = WebhookHub(settings.public_url, fallback_poll=settings.fallback_poll)
+        self.hub = WebhookHub.attach(settings, providers.values())  # create requests now ask for callbacks
         self.metrics = Metrics(storage, runner)
-        for provider in providers.values():
-            provider.webhooks = self.hub  # create requests now ask for callbacks
         self.metrics.instrument(providers)
         self.app = web.Application(client_max_size=max_webhook_bytes)
         self.app.router.add_get("/healthz", self._healthz)

@@ -274,3 +274,9 @@ def test_shard_plans_cover_ranges_and_lists() -> None:
 
     assert ShardPlan.parse("0-1,5", 8) == ShardPlan((0, 1, 5), 8)
     assert ShardPlan.parse("7", 8).partial and not ShardPlan.parse("0-1", 2).partial
+
+
+def test_a_worker_without_a_token_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["worker"]) == 2
+    err = capsys.readouterr().err
+    assert "DISCORD_TOKEN is not set" in err and err.count("\n") == 1, err
