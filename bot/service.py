@@ -6,14 +6,11 @@ pictures with `prepare_*`, hand jobs to the lifecycle (`bot/lifecycle`), and clo
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import functools
 import logging
 import os
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -23,6 +20,7 @@ from bot.config import Settings
 from bot.errors import UserError
 from bot.imaging import Limits
 from bot.params import EditRequest, FillRequest, MaskOptions
+from bot.picture_pool import PicturePool, Work
 from bot.pipeline import Finished, JobInputs, Prepared, finish, prepare_edit, prepare_fill
 from bot.providers.base import Provider
 from bot.providers.http import Downloader
@@ -59,8 +57,9 @@ class FillService:
         # Picture work gets its own pool, one thread per CPU, not the loop's default executor: under a burst the
         # default pool (CPUs + 4 threads) filled with image jobs and starved the event loop and the SQLite thread
         # of CPU and the GIL until acknowledgements missed Discord's 3-second window (bench/bench_bot.py); it
-        # also queued the DNS lookups aiohttp and httpx run in that pool behind seconds of image work.
-        self._pictures = ThreadPoolExecutor(max_workers=_cpu_count(), thread_name_prefix="fillbot-pictures")
+        # also queued the DNS lookups aiohttp and httpx run in that pool behind seconds of image work. Finishing
+        # goes before preparing (picture_pool.py).
+        self._pictures = PicturePool(_cpu_count())
         self.limits = Limits(max_bytes=settings.max_attachment_bytes, max_pixels=settings.max_image_pixels)
         self.downloader = Downloader(
             max_bytes=MAX_OUTPUT_BYTES,
@@ -81,10 +80,11 @@ class FillService:
         for provider in self.providers.values():
             await provider.aclose()
         await self.downloader.aclose()
-        self._pictures.shutdown(wait=False, cancel_futures=True)
+        self._pictures.shutdown()
 
     async def in_pool(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._pictures, functools.partial(fn, *args, **kwargs))
+        """Picture work for a new job (checks, preparing), behind any finishing."""
+        return await self._pictures.run(Work.PREPARE, fn, *args, **kwargs)
 
     def check_provider(self, name: str) -> None:
         """Refuse a provider without a client, saying which variable the operator sets to enable it."""
@@ -120,8 +120,8 @@ class FillService:
         max_total_bytes: int | None = None,
     ) -> Finished:
         """Decode the provider's outputs, put them back into the original and encode them, in the pool."""
-        return await self.in_pool(
-            finish, files, inputs=inputs, request=request, limits=self.limits, job_id=job_id,
+        return await self._pictures.run(
+            Work.FINISH, finish, files, inputs=inputs, request=request, limits=self.limits, job_id=job_id,
             max_total_bytes=max_total_bytes,
         )
 
