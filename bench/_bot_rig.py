@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _common import cpu_seconds, photo_1440
+from _common import cpu_seconds, photo_1440, tagged_png
 from _fake_servers import FakeProcess, RemoteDiscord
 
 from bot.app import FillBot, create_bot
@@ -90,7 +90,7 @@ class BotRig:
             payload = self.harness.slash(
                 "fill",
                 {"prompt": prompt, "provider": "replicate"},
-                attachments={"image": ("photo.png", self.picture, "image/png")},
+                attachments={"image": ("photo.png", tagged_png(self.picture, prompt), "image/png")},
                 user=user,
             )
             wave.payloads.append(payload)

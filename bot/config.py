@@ -103,6 +103,7 @@ class Settings:
     external_workers: bool = False  # bot processes only admit jobs; `fillbot worker` processes run them
     worker_max_jobs: int = 50  # jobs one worker process runs at once (waiting at the provider included)
     database_url: Secret | None = None  # postgresql://…: PostgreSQL instead of the SQLite file (it holds a password)
+    pixel_cache_bytes: int = 2048 * 1024 * 1024  # decoded uploads kept on disk until their finish (0: none)
 
     @property
     def database_target(self) -> str | Path:
@@ -330,6 +331,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, env_file: str | os.Pa
         allow_private_downloads=read.flag("ALLOW_PRIVATE_DOWNLOADS", False),
         external_workers=read.flag("EXTERNAL_WORKERS", False),
         worker_max_jobs=read.integer("WORKER_MAX_JOBS", 50, minimum=1, maximum=10_000),
+        pixel_cache_bytes=read.integer("PIXEL_CACHE_MB", 2048, minimum=0, maximum=1_000_000) * 1024 * 1024,
         database_url=_database_url(read),
         web=_web_settings(read),
         rules=_operator_rules(read),

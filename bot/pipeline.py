@@ -21,6 +21,7 @@ from bot.imaging import (
     PROVIDER_MIME,
     Filled,
     Limits,
+    LoadedImage,
     Pictures,
     SizingRule,
     auto_format,
@@ -40,6 +41,7 @@ from bot.imaging import (
 )
 from bot.imaging.loading import decode
 from bot.imaging.preview import BEFORE_SIDE, before_preview
+from bot.imaging.spool import KEPT_FORMATS, PixelSpool
 from bot.params import EditRequest, FillRequest, ModelSpec
 from bot.providers.base import InputImage, ProviderJob
 from bot.providers.registry import PROVIDERS
@@ -100,9 +102,12 @@ def _to_provider(image: Image.Image, spec: ModelSpec) -> tuple[Image.Image, Inpu
     return sized, InputImage(encode_for_provider(sized), PROVIDER_MIME, sized.size)
 
 
-def prepare_fill(image_data: bytes, mask_data: bytes | None, request: FillRequest, limits: Limits) -> Prepared:
-    """Validate and load the pictures, work out the mask, size both for the provider and encode them."""
-    loaded = load_image(image_data, limits, what="image")
+def prepare_fill(
+    image_data: bytes, mask_data: bytes | None, request: FillRequest, limits: Limits, pixels: PixelSpool | None = None
+) -> Prepared:
+    """Validate and load the pictures, work out the mask, size both for the provider and encode them; the decoded
+    upload goes to `pixels` for the finish."""
+    loaded = _load_upload(image_data, limits, pixels)
     result = build_mask(loaded, mask_data, request.mask.region, limits, invert=request.mask.invert)
     mask = soften(result.mask, grow=request.mask.grow) if request.mask.grow else result.mask
     # The provider sees the picture without transparency (resize_for drops it): the mask says what to repaint.
@@ -127,9 +132,11 @@ def prepare_fill(image_data: bytes, mask_data: bytes | None, request: FillReques
     )
 
 
-def prepare_edit(image_data: bytes, request: EditRequest, limits: Limits) -> Prepared:
+def prepare_edit(
+    image_data: bytes, request: EditRequest, limits: Limits, pixels: PixelSpool | None = None
+) -> Prepared:
     """Validate and load the picture and size it for the Kontext model."""
-    loaded = load_image(image_data, limits, what="image")
+    loaded = _load_upload(image_data, limits, pixels)
     sized, image_input = _to_provider(loaded.image, request.spec)
     preview = encode(_thumbnail(sized), "jpeg", quality=80)
     return Prepared(
@@ -141,6 +148,19 @@ def prepare_edit(image_data: bytes, request: EditRequest, limits: Limits) -> Pre
         coverage=None,
         notices=loaded.notices,
     )
+
+
+def _load_upload(data: bytes, limits: Limits, pixels: PixelSpool | None) -> LoadedImage:
+    loaded = load_image(data, limits, what="image")
+    if pixels is not None and loaded.format in KEPT_FORMATS:
+        pixels.keep(data, loaded.image)
+    return loaded
+
+
+def _upload_pixels(data: bytes, limits: Limits, pixels: PixelSpool | None) -> Image.Image:
+    """The upright upload as prepared: kept pixels when `pixels` has them, else decoded again."""
+    kept = pixels.take(data) if pixels is not None else None
+    return kept if kept is not None else load_image(data, limits, what="image").image
 
 
 def job_from_sent(request: FillRequest | EditRequest, image: bytes, mask: bytes | None) -> ProviderJob:
@@ -170,6 +190,7 @@ def finish(
     limits: Limits,
     job_id: str,
     max_total_bytes: int | None = None,
+    pixels: PixelSpool | None = None,
 ) -> Finished:
     """Decode provider outputs safely, put them back into the original picture and encode them as asked.
 
@@ -185,7 +206,7 @@ def finish(
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fillbot-results") as side:
             pending = [data for data, _flagged in outputs]
             ahead = side.submit(_result, pending.pop(0), limits) if pending else None
-            original = load_image(inputs.original, limits, what="image").image
+            original = _upload_pixels(inputs.original, limits, pixels)
             mask, _, _ = decode(inputs.mask, limits, what="mask", grey_ok=True)
             # From the pictures already decoded (Filled changes the original): decoding the upload again for a
             # thumbnail cost as much as the rest of the finish's decoding of it.

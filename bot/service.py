@@ -19,6 +19,7 @@ import httpx
 from bot.config import Settings
 from bot.errors import UserError
 from bot.imaging import Limits
+from bot.imaging.spool import PixelSpool
 from bot.params import EditRequest, FillRequest, MaskOptions
 from bot.picture_pool import PicturePool, Work
 from bot.pipeline import Finished, JobInputs, Prepared, finish, prepare_edit, prepare_fill
@@ -60,6 +61,7 @@ class FillService:
         # also queued the DNS lookups aiohttp and httpx run in that pool behind seconds of image work. Finishing
         # goes before preparing (picture_pool.py).
         self._pictures = PicturePool(_cpu_count())
+        self.pixels = PixelSpool(settings.pixel_cache_bytes) if settings.pixel_cache_bytes else None
         self.limits = Limits(max_bytes=settings.max_attachment_bytes, max_pixels=settings.max_image_pixels)
         self.downloader = Downloader(
             max_bytes=MAX_OUTPUT_BYTES,
@@ -81,6 +83,8 @@ class FillService:
             await provider.aclose()
         await self.downloader.aclose()
         self._pictures.shutdown()
+        if self.pixels is not None:
+            self.pixels.close()
 
     async def in_pool(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """Picture work for a new job (checks, preparing), behind any finishing."""
@@ -97,11 +101,11 @@ class FillService:
 
     async def prepare_fill(self, image: bytes, mask: bytes | None, request: FillRequest) -> Prepared:
         self.check_provider(request.spec.provider)
-        return await self.in_pool(prepare_fill, image, mask, request, self.limits)
+        return await self.in_pool(prepare_fill, image, mask, request, self.limits, self.pixels)
 
     async def prepare_edit(self, image: bytes, request: EditRequest) -> Prepared:
         self.check_provider(request.spec.provider)
-        return await self.in_pool(prepare_edit, image, request, self.limits)
+        return await self.in_pool(prepare_edit, image, request, self.limits, self.pixels)
 
     async def prepare(self, request: FillRequest | EditRequest, inputs: JobInputs) -> Prepared:
         """Prepare stored pictures again (a resumed queued job, Rerun): the stored mask is already final."""
@@ -122,7 +126,7 @@ class FillService:
         """Decode the provider's outputs, put them back into the original and encode them, in the pool."""
         return await self._pictures.run(
             Work.FINISH, finish, files, inputs=inputs, request=request, limits=self.limits, job_id=job_id,
-            max_total_bytes=max_total_bytes,
+            max_total_bytes=max_total_bytes, pixels=self.pixels,
         )
 
     @staticmethod
