@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _common import cpu_seconds, photo_1440, tagged_png
+from _common import cpu_seconds, jpeg_1440, photo_1440, tagged
 from _fake_servers import FakeProcess, RemoteDiscord
 
 from bot.app import FillBot, create_bot
@@ -39,6 +39,7 @@ class BotRig:
 
     def __init__(self, tmp: Path, duration: float, env: Mapping[str, str] | None = None) -> None:
         self.picture = photo_1440()
+        self.jpeg, self.mask = jpeg_1440()
         self.discord_proc = FakeProcess("discord")
         self.replicate_proc = FakeProcess("replicate", duration=duration, honour_wait=True)
         self.remote = RemoteDiscord(self.discord_proc)
@@ -80,18 +81,21 @@ class BotRig:
         self.discord_proc.call("reset")
         self.replicate_proc.call("reset")
 
-    def build(self, count: int, label: str) -> Wave:
-        """`count` /fill payloads, each from a new user (payload building is not measured)."""
+    def build(self, count: int, label: str, kind: str = "png") -> Wave:
+        """`count` /fill payloads, each from a new user with a file of its own (payload building is not measured):
+        `kind` "png" attaches the RGBA PNG with its transparent hole, "jpeg" the JPEG photo and a mask."""
         wave = Wave()
         for _ in range(count):
             self._users += 1
             user = FakeUser(100_000 + self._users, f"bench{self._users}", MEMBER_PERMISSIONS.value)
             prompt = f"bench {label} job {self._users}"
+            if kind == "jpeg":
+                attachments = {"image": ("photo.jpg", tagged(self.jpeg, prompt), "image/jpeg"),
+                               "mask": ("mask.png", self.mask, "image/png")}
+            else:
+                attachments = {"image": ("photo.png", tagged(self.picture, prompt), "image/png")}
             payload = self.harness.slash(
-                "fill",
-                {"prompt": prompt, "provider": "replicate"},
-                attachments={"image": ("photo.png", tagged_png(self.picture, prompt), "image/png")},
-                user=user,
+                "fill", {"prompt": prompt, "provider": "replicate"}, attachments=attachments, user=user
             )
             wave.payloads.append(payload)
             wave.prompts[payload["token"]] = prompt

@@ -11,8 +11,9 @@ import statistics
 import struct
 import sys
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -23,34 +24,64 @@ RESULTS = ROOT / "bench" / "results"
 MiB = 1024 * 1024
 
 
+def encoded(image: Image.Image, fmt: str, **params: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **params)
+    return buffer.getvalue()
+
+
+def _noisy_1440() -> tuple[Image.Image, Image.Image]:
+    """The noisy 1440x1440 astronaut (RGB) and the ellipse of the area to repaint (L, white inside)."""
+    rng = np.random.default_rng(7)
+    with Image.open(TESTDATA / "photo_astronaut_512x512.png") as source:
+        resized = source.convert("RGB").resize((1440, 1440), Image.Resampling.LANCZOS)
+    values = np.asarray(resized, dtype=np.float32)
+    values += rng.normal(0.0, 3.0, values.shape).astype(np.float32)
+    hole = Image.new("L", resized.size, 0)
+    ImageDraw.Draw(hole).ellipse((420, 380, 1060, 980), fill=255)
+    return Image.fromarray(np.clip(values, 0, 255).astype(np.uint8)), hole
+
+
+def _cached(name: str, make: Callable[[], bytes]) -> bytes:
+    cached = RESULTS / ".cache" / name
+    if cached.exists():
+        return cached.read_bytes()
+    data = make()
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_bytes(data)
+    return data
+
+
 def photo_1440() -> bytes:
     """The 1440x1440 RGBA PNG of bench_preprocess (noisy astronaut, transparent hole), ~3.5 MB.
 
     Noise makes it compress like a photo: a gradient test card would make every encode look free.
     The transparent hole is the fill area, so /fill needs no mask attachment.
     """
-    cached = RESULTS / ".cache" / "hole_1440.png"
-    if cached.exists():
-        return cached.read_bytes()
-    rng = np.random.default_rng(7)
-    with Image.open(TESTDATA / "photo_astronaut_512x512.png") as source:
-        resized = source.convert("RGB").resize((1440, 1440), Image.Resampling.LANCZOS)
-    values = np.asarray(resized, dtype=np.float32)
-    values += rng.normal(0.0, 3.0, values.shape).astype(np.float32)
-    rgba = Image.fromarray(np.clip(values, 0, 255).astype(np.uint8)).convert("RGBA")
-    hole = Image.new("L", rgba.size, 0)
-    ImageDraw.Draw(hole).ellipse((420, 380, 1060, 980), fill=255)
-    rgba.paste((0, 0, 0, 0), mask=hole)
-    buffer = io.BytesIO()
-    rgba.save(buffer, "PNG")
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    cached.write_bytes(buffer.getvalue())
-    return buffer.getvalue()
+
+    def make() -> bytes:
+        photo, hole = _noisy_1440()
+        rgba = photo.convert("RGBA")
+        rgba.paste((0, 0, 0, 0), mask=hole)
+        return encoded(rgba, "PNG")
+
+    return _cached("hole_1440.png", make)
 
 
-def tagged_png(data: bytes, tag: str) -> bytes:
-    """`data` (a PNG) with a text chunk naming `tag` after its header: other bytes, the same pixels. Every job of
-    a benchmark uploads its own file, as members do, so nothing keyed by an upload's bytes is shared between them."""
+def jpeg_1440() -> tuple[bytes, bytes]:
+    """The same photo as a camera would save it (JPEG quality 90, ~0.4 MB) and its mask as a black-and-white PNG
+    (white = repaint): the other way members attach a fill."""
+    jpeg = _cached("photo_1440.jpg", lambda: encoded(_noisy_1440()[0], "JPEG", quality=90))
+    mask = _cached("mask_1440.png", lambda: encoded(_noisy_1440()[1], "PNG"))
+    return jpeg, mask
+
+
+def tagged(data: bytes, tag: str) -> bytes:
+    """`data` (a PNG or JPEG) with a comment naming `tag`: other bytes, the same pixels. Every job of a benchmark
+    uploads its own file, as members do, so nothing keyed by an upload's bytes is shared between them."""
+    if data.startswith(b"\xff\xd8"):  # JPEG: a COM segment right after the start-of-image marker
+        body = tag.encode()
+        return data[:2] + b"\xff\xfe" + struct.pack(">H", len(body) + 2) + body + data[2:]
     body = b"Comment\x00" + tag.encode()
     chunk = struct.pack(">I", len(body)) + b"tEXt" + body + struct.pack(">I", zlib.crc32(b"tEXt" + body))
     end_of_header = 8 + 8 + 13 + 4  # signature, IHDR length and type, IHDR data, CRC

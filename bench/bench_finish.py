@@ -39,6 +39,7 @@ sys.path.insert(0, str(BENCH))
 
 from _common import (  # noqa: E402
     TESTDATA,
+    encoded,
     machine_lines,
     percentile,
     photo_1440,
@@ -71,12 +72,6 @@ CASES = (
 def noisy(image: Image.Image, sigma: float, seed: int = 7) -> Image.Image:
     noise = np.random.default_rng(seed).standard_normal((image.height, image.width, 3), dtype=np.float32) * sigma
     return Image.fromarray(np.clip(np.asarray(image.convert("RGB")) + noise, 0, 255).astype(np.uint8))
-
-
-def encoded(image: Image.Image, fmt: str, **params: Any) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **params)
-    return buffer.getvalue()
 
 
 def soft_photo() -> Image.Image:

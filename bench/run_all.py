@@ -78,6 +78,7 @@ REQUIRED_KEYS = (
     "bot.ack_p99.max",
     "bot.lag_p99.max",
     "bot.overhead",
+    "bot.overhead_jpeg",
     "bot.edit_delay.1",
     "bot.edit_delay.max",
     "bot.requests.short",

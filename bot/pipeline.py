@@ -107,24 +107,31 @@ def prepare_fill(
 ) -> Prepared:
     """Validate and load the pictures, work out the mask, size both for the provider and encode them; the decoded
     upload goes to `pixels` for the finish."""
-    loaded = _load_upload(image_data, limits, pixels)
+    loaded = load_image(image_data, limits, what="image")
     result = build_mask(loaded, mask_data, request.mask.region, limits, invert=request.mask.invert)
     mask = soften(result.mask, grow=request.mask.grow) if request.mask.grow else result.mask
-    # The provider sees the picture without transparency (resize_for drops it): the mask says what to repaint.
-    rule = sizing_rule(request.spec)
-    sized, sized_mask = resize_for(rule, loaded.image, mask)
-    if rule.needs_kept_pixels:
-        require_kept_area(sized_mask, request.spec.provider)
-    image_input = InputImage(encode_for_provider(sized), PROVIDER_MIME, sized.size)
-    stored_mask = encode_mask(mask)
-    # Pictures within the provider's size are sent as they are: the stored mask is then the one to send.
-    sent_mask = stored_mask if sized_mask is mask else encode_mask(sized_mask)
+    # The preview (and keeping the pixels) only read the loaded picture: a second thread does them while this
+    # one sizes and encodes what the provider gets, so they add nothing to the time before the job is sent.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fillbot-preview") as side:
+        preview = side.submit(mask_preview, loaded.image, mask)
+        kept = side.submit(_keep, pixels, image_data, loaded)
+        # The provider sees the picture without transparency (resize_for drops it): the mask says what to repaint.
+        rule = sizing_rule(request.spec)
+        sized, sized_mask = resize_for(rule, loaded.image, mask)
+        if rule.needs_kept_pixels:
+            require_kept_area(sized_mask, request.spec.provider)
+        image_input = InputImage(encode_for_provider(sized), PROVIDER_MIME, sized.size)
+        stored_mask = encode_mask(mask)
+        # Pictures within the provider's size are sent as they are: the stored mask is then the one to send.
+        sent_mask = stored_mask if sized_mask is mask else encode_mask(sized_mask)
+        kept.result()
+        preview_data = preview.result()
     mask_input = InputImage(sent_mask, "image/png", sized_mask.size)
     job = ProviderJob(request.spec, request.prompt, request.params, image_input, mask_input)
     return Prepared(
         job=job,
         inputs=JobInputs(image_data, stored_mask),
-        preview=mask_preview(loaded.image, mask),
+        preview=preview_data,
         preview_name="mask-preview.jpg",
         original_size=loaded.image.size,
         coverage=result.coverage,
@@ -136,7 +143,8 @@ def prepare_edit(
     image_data: bytes, request: EditRequest, limits: Limits, pixels: PixelSpool | None = None
 ) -> Prepared:
     """Validate and load the picture and size it for the Kontext model."""
-    loaded = _load_upload(image_data, limits, pixels)
+    loaded = load_image(image_data, limits, what="image")
+    _keep(pixels, image_data, loaded)
     sized, image_input = _to_provider(loaded.image, request.spec)
     preview = encode(_thumbnail(sized), "jpeg", quality=80)
     return Prepared(
@@ -150,11 +158,10 @@ def prepare_edit(
     )
 
 
-def _load_upload(data: bytes, limits: Limits, pixels: PixelSpool | None) -> LoadedImage:
-    loaded = load_image(data, limits, what="image")
+def _keep(pixels: PixelSpool | None, data: bytes, loaded: LoadedImage) -> None:
+    """Keep the decoded upload for the finish where decoding it again would cost more than reading it back."""
     if pixels is not None and loaded.format in KEPT_FORMATS:
         pixels.keep(data, loaded.image)
-    return loaded
 
 
 def _upload_pixels(data: bytes, limits: Limits, pixels: PixelSpool | None) -> Image.Image:

@@ -80,7 +80,7 @@ def _duration(seconds: float) -> str:
     return f"{round(seconds / 60, 1):g} minutes"
 
 
-_ETA_MARGIN = 0.1  # poll this long after the predicted end: early polls only cost requests
+_ETA_MARGIN = 0.03  # poll this long after the predicted end: an early poll costs a request and 0.25 s
 _MIN_POLL = 0.25
 
 
