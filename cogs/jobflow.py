@@ -250,24 +250,25 @@ class JobFlow(commands.Cog):
                            notices=prepared.notices)
         first = rendering.status_embed(request, Progress(record.id, State.QUEUED, time.time() - started),
                                        started_at=record.created_at, notices=prepared.notices)
-        try:
-            message = await interaction.edit_original_response(
-                embed=first,
-                attachments=[Upload(prepared.preview_name, prepared.preview).to_file()],
-                view=buttons.working_view(record.id),
-            )
-        except discord.HTTPException as exc:
-            log.warning("job %s: could not show its reply (%s); running it anyway", record.id, exc.status)
-            reply.gone = True
-        else:
+        async with reply.putting_up():  # the job goes to its provider while Discord shows its first state
+            await self.bot.lifecycle.queue(record, prepared, sink)
+            try:
+                message = await interaction.edit_original_response(
+                    embed=first,
+                    attachments=[Upload(prepared.preview_name, prepared.preview).to_file()],
+                    view=buttons.working_view(record.id),
+                )
+            except discord.HTTPException as exc:
+                log.warning("job %s: could not show its reply (%s); running it anyway", record.id, exc.status)
+                reply.gone = True
+                return
             interaction.extras.pop(PUBLIC_THINKING, None)
             reply.target = dataclasses.replace(reply.target, message_id=message.id)
             await self.bot.storage.update_job(record.id, reply_message_id=message.id)
-            # Only now: while the public reply is still "thinking", a follow-up would replace it, flags and all.
-            for note in admission.private_notices:
-                with contextlib.suppress(discord.HTTPException):
-                    await interaction.followup.send(note, ephemeral=True)
-        await self.bot.lifecycle.queue(record, prepared, sink)
+        # Only now: while the public reply is still "thinking", a follow-up would replace it, flags and all.
+        for note in admission.private_notices:
+            with contextlib.suppress(discord.HTTPException):
+                await interaction.followup.send(note, ephemeral=True)
 
     async def start_detached(self, decide: Decide, load: Load) -> tuple[discord.Message, tuple[str, ...]]:
         """Start a job asked for outside any interaction (the painter page), through the same rules, limits,

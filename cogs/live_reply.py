@@ -19,7 +19,7 @@ import contextlib
 import io
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -87,6 +87,13 @@ class LiveReply:
         self._flusher: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._redirected = False
+
+    @contextlib.asynccontextmanager
+    async def putting_up(self) -> AsyncIterator[None]:
+        """Held while the reply's first content is put up by its caller: the job may start meanwhile (its provider
+        need not wait for Discord), but its own edits wait until that content is shown."""
+        async with self._lock:
+            yield
 
     def update(self, edit: Edit) -> None:
         """Show `edit` soon; older pending states are dropped."""

@@ -634,3 +634,24 @@ async def test_the_result_keeps_a_before_picture_as_its_last_file(make_bot, fake
         assert "before.jpg" in str(message.embeds[0].get("thumbnail")), message.embeds[0]
         assert not any(i.endswith(":2") for i in message.custom_ids() if i.startswith("fill:reuse:"))
         assert not h.errors
+
+
+async def test_the_job_reaches_its_provider_while_discord_is_slow_to_show_the_first_state(make_bot) -> None:
+    """Discord takes its time answering the reply's first edit (the mask preview): the job is already at the
+    provider meanwhile, and its own status edits come only after that first one is shown."""
+    async with FakeReplicate(duration=0.2, honour_wait=False) as fake:
+        bot: FillBot = make_bot(**replicate_env(fake))
+        async with running(bot) as h:
+            first_edit = h.fake.hold_next("PATCH", "/api/v10/webhooks/*/messages/@original")
+            sent = await h.dispatch(
+                h.slash("fill", {"prompt": "a red vase", "provider": "replicate"}, attachments=fill_images()),
+                wait=False,
+            )
+            await h.wait_for(lambda: fake.count("POST", "create") == 1, message="the job reached the provider")
+            original = h.original(sent)
+            assert original is None or not original.embeds  # still "thinking": the first edit is held
+            first_edit.set()
+            message = await final_reply(h, sent)
+            titles = status_titles(h, message.id)
+            assert titles[0].startswith("⏳ Queued") and titles[-1].startswith("✅"), titles
+            assert not h.errors

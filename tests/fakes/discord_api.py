@@ -470,6 +470,7 @@ class FakeDiscord:
 
         self._tokens: dict[str, int] = {}
         self._faults: list[_Fault] = []
+        self._holds: list[tuple[str, str, asyncio.Event]] = []
         self._limits: list[_Limit] = []
         self._seq = 0
         self._runner: web.AppRunner | None = None
@@ -591,6 +592,13 @@ class FakeDiscord:
         """Answer the next `times` requests matching METHOD and an fnmatch `path` (e.g.
         "/api/v10/webhooks/*/messages/@original") with `status`. 429s carry Discord's body and headers."""
         self._faults.append(_Fault(method.upper(), path, status, times, retry_after, is_global, body))
+
+    def hold_next(self, method: str, path: str) -> asyncio.Event:
+        """The next request matching METHOD and an fnmatch `path` is answered only once the returned event is set
+        (Discord being slow to answer it); it is recorded when it arrives."""
+        released = asyncio.Event()
+        self._holds.append((method.upper(), path, released))
+        return released
 
     def rate_limit_next(
         self, method: str, path: str, *, times: int = 1, retry_after: float = 0.05, is_global: bool = False
@@ -730,6 +738,12 @@ class FakeDiscord:
             rec.interaction_id = self._tokens.get(rec.token)
         try:
             rec.json, rec.files = await self._read_body(request)
+            for hold in self._holds:
+                if hold[0] == request.method and fnmatch.fnmatchcase(request.path, hold[1]):
+                    self._holds.remove(hold)
+                    self._touch()
+                    await hold[2].wait()
+                    break
             fault = self._take_fault(request)
             if fault is not None:
                 raise fault
