@@ -5,6 +5,7 @@ per-job figures read from the fakes' logs afterwards."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -31,13 +32,22 @@ class Wave:
     sent: list[Dispatched] = field(default_factory=list)
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 class BotRig:
     """The real bot, the harness and both fakes (in child processes).
 
-    `env` adds or overrides settings (`self.env` holds them all, for other processes sharing the database).
+    `env` adds or overrides settings (`self.env` holds them all, for other processes sharing the database);
+    `webhooks` turns the bot's web side on, so the fake calls back when a job ends.
     """
 
-    def __init__(self, tmp: Path, duration: float, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, tmp: Path, duration: float, env: Mapping[str, str] | None = None, *, webhooks: bool = False
+    ) -> None:
         self.picture = photo_1440()
         self.jpeg, self.mask = jpeg_1440()
         self.discord_proc = FakeProcess("discord")
@@ -55,6 +65,10 @@ class BotRig:
             "MAX_QUEUED_PER_SERVER": "0",
             **(env or {}),
         }
+        self.webhooks = webhooks
+        if webhooks:  # the web side on: FakeReplicate calls back instead of being polled
+            port = _free_port()
+            self.env |= {"PUBLIC_URL": f"http://127.0.0.1:{port}", "WEB_PORT": str(port)}
         settings = load_settings(self.env)
         self.bot: FillBot = create_bot(settings, edit_interval=EDIT_INTERVAL)
         self.harness = DiscordHarness(self.bot, fake=self.remote)
@@ -83,7 +97,9 @@ class BotRig:
 
     def build(self, count: int, label: str, kind: str = "png") -> Wave:
         """`count` /fill payloads, each from a new user with a file of its own (payload building is not measured):
-        `kind` "png" attaches the RGBA PNG with its transparent hole, "jpeg" the JPEG photo and a mask."""
+        `kind` "png" attaches the RGBA PNG with its transparent hole (and, with the web side on, its mask too: without
+        one that answer is private and the job starts in the channel, a reply this rig does not follow), "jpeg" the
+        JPEG photo and a mask."""
         wave = Wave()
         for _ in range(count):
             self._users += 1
@@ -94,6 +110,8 @@ class BotRig:
                                "mask": ("mask.png", self.mask, "image/png")}
             else:
                 attachments = {"image": ("photo.png", tagged(self.picture, prompt), "image/png")}
+                if self.webhooks:
+                    attachments["mask"] = ("mask.png", self.mask, "image/png")
             payload = self.harness.slash(
                 "fill", {"prompt": prompt, "provider": "replicate"}, attachments=attachments, user=user
             )
@@ -162,6 +180,13 @@ class BotRig:
             done = completed.get(wave.prompts[token])
             if done is not None:
                 delays.append(final["at"] - done)
+        # The provider's time runs from the create's arrival to the job's end: what the fake spends reading the
+        # create (a 1 MB body) before its clock starts is the provider's, not the bot's.
+        creates = [r["at_wall"] for r in replicate_log["requests"] if r["kind"] == "create"]
+        if len(creates) == 1 and len(e2e) == 1 and len(replicate_log["predictions"]) == 1:
+            provider_time = replicate_log["predictions"][0]["completed_wall"] - creates[0]
+        else:
+            provider_time = duration
         api = sum(1 for r in replicate_log["requests"] if r["server"] == "api")
         cdn = sum(1 for r in replicate_log["requests"] if r["server"] == "cdn")
         jobs = len(wave.dispatched_at)
@@ -173,7 +198,7 @@ class BotRig:
             "ack_by_token": acks,
             "e2e": e2e,
             "finished_at": finished_at,
-            "overhead": [t - duration for t in e2e],
+            "overhead": [t - provider_time for t in e2e],
             "edit_delay": delays,
             "requests_per_job": (api + cdn) / jobs,
             "api_per_job": api / jobs,

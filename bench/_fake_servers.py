@@ -136,6 +136,7 @@ class _Controller:
                     "files": len(r.files),
                     "bytes": sum(f.size for f in r.files),
                     "title": title,
+                    "content": str((r.json or {}).get("content") or ""),
                     "final": title.startswith(FINAL_MARKS),
                 }
             )
@@ -168,7 +169,10 @@ class _Controller:
                     "canceled": p.canceled_at is not None,
                 }
             )
-        requests = [{"server": r.server, "kind": r.kind, "method": r.method} for r in self.fake.requests]
+        requests = [
+            {"server": r.server, "kind": r.kind, "method": r.method, "at_wall": r.at + to_wall}
+            for r in self.fake.requests
+        ]
         return {"requests": requests, "predictions": predictions}
 
     def reset(self) -> None:

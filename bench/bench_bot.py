@@ -91,34 +91,44 @@ async def _warm_up(rig: BotRig) -> None:
 
 
 async def scenario_single(plan: list[tuple[float, int]]) -> dict[str, Any]:
-    """Jobs one at a time, `count` jobs of each `duration`: the RGBA PNG, and for the short duration also the
-    JPEG photo with a mask (keys "<duration>" and "<duration>:jpeg")."""
-    with tempfile.TemporaryDirectory() as tmp:
-        async with BotRig(Path(tmp), duration=plan[0][0]) as rig:
-            await _warm_up(rig)
-            out: dict[str, Any] = {}
-            runs = [(duration, count, "png") for duration, count in plan] + [(plan[0][0], plan[0][1], "jpeg")]
-            for duration, count, kind in runs:
-                rig.duration(duration)
-                rows = []
-                for _ in range(count):
-                    rig.reset_logs()
-                    wave = rig.build(1, f"single{duration:g}{kind}", kind)
-                    await rig.dispatch(wave, wave.payloads, rate=None)
-                    await rig.settle(wave, limit=duration + 120)
-                    row = rig.results(wave, duration)
-                    row.pop("ack_by_token")
-                    rows.append(row)
-                out[f"{duration:g}" if kind == "png" else f"{duration:g}:{kind}"] = {
-                    "failed": sum(r["failed"] + r["unacked"] for r in rows),
-                    "acks": [a for r in rows for a in r["acks"]],
-                    "overhead": [o for r in rows for o in r["overhead"]],
-                    "edit_delay": [d for r in rows for d in r["edit_delay"]],
-                    "requests_per_job": median([r["requests_per_job"] for r in rows]),
-                    "api_per_job": median([r["api_per_job"] for r in rows]),
-                    "cdn_per_job": median([r["cdn_per_job"] for r in rows]),
-                }
-            return out
+    """Jobs one at a time, `count` jobs of each `duration`: the RGBA PNG, then for the short duration the JPEG
+    photo with a mask, then both again with webhooks (keys "<duration>", "<duration>:jpeg", "<duration>:webhooks",
+    "<duration>:jpeg:webhooks")."""
+    short, count = plan[0]
+    out: dict[str, Any] = {}
+    for webhooks in (False, True):
+        runs = [(duration, n, "png") for duration, n in plan] if not webhooks else [(short, count, "png")]
+        runs.append((short, count, "jpeg"))
+        with tempfile.TemporaryDirectory() as tmp:
+            async with BotRig(Path(tmp), duration=short, webhooks=webhooks) as rig:
+                await _warm_up(rig)
+                for duration, n, kind in runs:
+                    key = ":".join([f"{duration:g}"] + (["jpeg"] if kind == "jpeg" else [])
+                                   + (["webhooks"] if webhooks else []))
+                    out[key] = await _one_at_a_time(rig, duration, n, kind)
+    return out
+
+
+async def _one_at_a_time(rig: BotRig, duration: float, count: int, kind: str) -> dict[str, Any]:
+    rig.duration(duration)
+    rows = []
+    for _ in range(count):
+        rig.reset_logs()
+        wave = rig.build(1, f"single{duration:g}{kind}", kind)
+        await rig.dispatch(wave, wave.payloads, rate=None)
+        await rig.settle(wave, limit=duration + 120)
+        row = rig.results(wave, duration)
+        row.pop("ack_by_token")
+        rows.append(row)
+    return {
+        "failed": sum(r["failed"] + r["unacked"] for r in rows),
+        "acks": [a for r in rows for a in r["acks"]],
+        "overhead": [o for r in rows for o in r["overhead"]],
+        "edit_delay": [d for r in rows for d in r["edit_delay"]],
+        "requests_per_job": median([r["requests_per_job"] for r in rows]),
+        "api_per_job": median([r["api_per_job"] for r in rows]),
+        "cdn_per_job": median([r["cdn_per_job"] for r in rows]),
+    }
 
 
 async def scenario_load(jobs: int, rate: float, duration: float, probes: int, profile: Path | None) -> dict[str, Any]:
@@ -239,6 +249,12 @@ def summarize(
         "ms", TARGET_EDIT_DELAY_MS)
     add("edit_delay_jpeg.1", "completion -> final Discord edit, median, 1 JPEG job", median(ms(jpeg["edit_delay"])),
         "ms", None)
+    for kind, label in (("", "1440x1440 RGBA PNG"), (":jpeg", "1440x1440 JPEG + mask")):
+        hooked, suffix = single[f"{short}{kind}:webhooks"], kind.replace(":", "_")
+        add(f"overhead{suffix}_webhooks", f"overhead with webhooks, {label}, median",
+            median(ms(hooked["overhead"])), "ms", None)
+        add(f"edit_delay{suffix}_webhooks.1", f"completion -> final edit with webhooks, {label}, median",
+            median(ms(hooked["edit_delay"])), "ms", None)
     for jobs, load in sorted(loads.items()):
         role = "max" if jobs == top else str(jobs)
         add(f"edit_delay.{role}", f"completion -> final Discord edit, median, {jobs} jobs",

@@ -163,6 +163,7 @@ class Recorded:
     path: str  # decoded
     headers: dict[str, str]
     raw_path: str = ""  # as sent, with percent-escapes and query
+    at: float = 0.0  # when its headers arrived (monotonic clock)
 
 
 @dataclass
@@ -411,7 +412,9 @@ class FakeReplicate:
         async def record(request: web.Request, handler: Handler) -> web.StreamResponse:
             kind = self._kind(request)
             headers = {k.lower(): v for k, v in request.headers.items()}
-            self.requests.append(Recorded(server, kind, request.method, request.path, headers, request.raw_path))
+            self.requests.append(
+                Recorded(server, kind, request.method, request.path, headers, request.raw_path, time.monotonic())
+            )
             return await handler(request)
 
         return record
