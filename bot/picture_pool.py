@@ -66,7 +66,11 @@ class PicturePool:
                 raise RuntimeError("the picture pool is shut down")
             self._start_threads()
             self._queue.put((int(work), next(self._seq), future, functools.partial(fn, *args, **kwargs)))
-        return await asyncio.wrap_future(future)
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            future.cancel()  # at once, not on a later turn of the loop: a thread may be about to take it
+            raise
 
     def shutdown(self) -> None:
         """Stop the threads once their current work ends; waiting work is cancelled."""

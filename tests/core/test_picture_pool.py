@@ -61,11 +61,11 @@ async def test_cancelled_waiting_work_never_runs_and_results_and_errors_reach_th
     kept = asyncio.create_task(pool.run(Work.PREPARE, keep))
     await _queued(pool, 2)
     dropped.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await dropped
     gate.set()
     assert await kept == 42
     await blocker
-    with pytest.raises(asyncio.CancelledError):
-        await dropped
     with pytest.raises(ZeroDivisionError):
         await pool.run(Work.FINISH, lambda: 1 / 0)
     assert ran == ["kept"]
