@@ -107,14 +107,14 @@ def prepare_fill(
 ) -> Prepared:
     """Validate and load the pictures, work out the mask, size both for the provider and encode them; the decoded
     upload goes to `pixels` for the finish."""
-    loaded = load_image(image_data, limits, what="image")
+    loaded = upload_image(image_data, limits, pixels)
     result = build_mask(loaded, mask_data, request.mask.region, limits, invert=request.mask.invert)
     mask = soften(result.mask, grow=request.mask.grow) if request.mask.grow else result.mask
     # The preview (and keeping the pixels) only read the loaded picture: a second thread does them while this
     # one sizes and encodes what the provider gets, so they add nothing to the time before the job is sent.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fillbot-preview") as side:
         preview = side.submit(mask_preview, loaded.image, mask)
-        kept = side.submit(_keep, pixels, image_data, loaded)
+        kept = side.submit(keep_upload, pixels, image_data, loaded)
         # The provider sees the picture without transparency (resize_for drops it): the mask says what to repaint.
         rule = sizing_rule(request.spec)
         sized, sized_mask = resize_for(rule, loaded.image, mask)
@@ -143,8 +143,8 @@ def prepare_edit(
     image_data: bytes, request: EditRequest, limits: Limits, pixels: PixelSpool | None = None
 ) -> Prepared:
     """Validate and load the picture and size it for the Kontext model."""
-    loaded = load_image(image_data, limits, what="image")
-    _keep(pixels, image_data, loaded)
+    loaded = upload_image(image_data, limits, pixels)
+    keep_upload(pixels, image_data, loaded)
     sized, image_input = _to_provider(loaded.image, request.spec)
     preview = encode(_thumbnail(sized), "jpeg", quality=80)
     return Prepared(
@@ -158,16 +158,22 @@ def prepare_edit(
     )
 
 
-def _keep(pixels: PixelSpool | None, data: bytes, loaded: LoadedImage) -> None:
-    """Keep the decoded upload for the finish where decoding it again would cost more than reading it back."""
+def upload_image(data: bytes, limits: Limits, pixels: PixelSpool | None, *, what: str = "image") -> LoadedImage:
+    """The decoded upload: as an earlier step kept it in `pixels`, else decoded (and checked) now."""
+    kept = pixels.peek(data) if pixels is not None else None
+    return kept if kept is not None else load_image(data, limits, what=what)
+
+
+def keep_upload(pixels: PixelSpool | None, data: bytes, loaded: LoadedImage) -> None:
+    """Keep the decoded upload for later steps where decoding it again costs more than reading it back."""
     if pixels is not None and loaded.format in KEPT_FORMATS:
-        pixels.keep(data, loaded.image)
+        pixels.keep(data, loaded)
 
 
 def _upload_pixels(data: bytes, limits: Limits, pixels: PixelSpool | None) -> Image.Image:
-    """The upright upload as prepared: kept pixels when `pixels` has them, else decoded again."""
+    """The upright upload as prepared, for the finish (its last use): taken from `pixels`, else decoded again."""
     kept = pixels.take(data) if pixels is not None else None
-    return kept if kept is not None else load_image(data, limits, what="image").image
+    return (kept if kept is not None else load_image(data, limits, what="image")).image
 
 
 def job_from_sent(request: FillRequest | EditRequest, image: bytes, mask: bytes | None) -> ProviderJob:

@@ -17,9 +17,10 @@ import discord
 from discord.ext import commands
 
 from bot.errors import UserError
-from bot.imaging.loading import Limits, load_image
+from bot.imaging.loading import Limits
+from bot.imaging.spool import PixelSpool
 from bot.params import MAX_PROMPT_CHARS, Delivery, FillRequest, MaskOptions, Value, request_from_json
-from bot.pipeline import Prepared
+from bot.pipeline import Prepared, keep_upload, upload_image
 from bot.storage import JobRecord
 from bot.web.painter import PaintTicket
 from cogs.errors import SafeModal
@@ -67,9 +68,12 @@ def _internal(request: FillRequest, name: str) -> bool:
     return spec is not None and spec.internal
 
 
-def has_holes(data: bytes, limits: Limits, what: str) -> bool:
-    """Whether a picture says by itself what to fill (transparent parts), like `build_mask` decides."""
-    return load_image(data, limits, what=what).image.mode == "RGBA"
+def has_holes(data: bytes, limits: Limits, what: str, pixels: PixelSpool | None) -> bool:
+    """Whether a picture says by itself what to fill (transparent parts), like `build_mask` decides. The decoded
+    picture is kept in `pixels`: the job that follows prepares it without decoding it again."""
+    loaded = upload_image(data, limits, pixels, what=what)
+    keep_upload(pixels, data, loaded)
+    return loaded.image.mode == "RGBA"
 
 
 def paint(bot: commands.Bot | commands.AutoShardedBot) -> PaintCog:
@@ -97,7 +101,7 @@ class PaintCog(commands.Cog):
         assert self.bot.web is not None
         await interaction.response.defer(ephemeral=True, thinking=True)
         data = await image.read()
-        if await self.bot.service.in_pool(has_holes, data, self.bot.service.limits, "image"):
+        if await self.bot.service.in_pool(has_holes, data, self.bot.service.limits, "image", self.bot.service.pixels):
             answer = await self._start_detached(interaction, data, None, prompt, plan)
             await interaction.followup.send(answer, ephemeral=True)
             return
@@ -223,7 +227,7 @@ class PaintModal(SafeModal, title="Paint: fill an area again"):
             if upload is None:
                 return await service.prepare_fill(await result.read(), None, request)
             data = await upload.read()
-            if await service.in_pool(has_holes, data, service.limits, "file"):
+            if await service.in_pool(has_holes, data, service.limits, "file", service.pixels):
                 return await service.prepare_fill(data, None, request)  # the picture itself, with holes
             return await service.prepare_fill(await result.read(), data, request)
 

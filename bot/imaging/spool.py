@@ -1,6 +1,7 @@
-"""Decoded uploads kept on disk as raw pixels between preparing a job and finishing it.
+"""Decoded uploads kept on disk as raw pixels between checking a job, preparing it and finishing it.
 
-A job's upload is decoded when it is prepared and again when its result is put back into it. For a PNG that
+A job's upload is decoded when it is prepared and again when its result is put back into it (and with the web
+side on, a /fill without a mask first decodes it to see whether it has transparent holes). For a PNG that
 second decode was the largest cost of the finish (1440x1440 RGBA: 71 ms to decode, 2 ms to read 8 MB of raw
 pixels back); keeping the pixels in memory instead would cost 8 MB per waiting job. So the prepared pixels
 go to a private directory, keyed by a hash of the upload's bytes (a Rerun of the same upload finds them too),
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -29,11 +31,13 @@ from pathlib import Path
 
 from PIL import Image
 
+from bot.imaging.loading import LoadedImage
+
 log = logging.getLogger(__name__)
 
 _PREFIX = "fillbot-pixels-"
-_HEADER = struct.Struct("<8s4sII")  # magic, mode, width, height
-_MAGIC = b"FBPIXEL1"
+_HEADER = struct.Struct("<8s4sIII")  # magic, mode, width, height, length of the JSON that follows
+_MAGIC = b"FBPIXEL2"
 _MODES = {"RGB": 3, "RGBA": 4, "L": 1}
 KEPT_FORMATS = frozenset({"PNG", "WEBP", "GIF", "BMP", "TIFF"})  # what decodes slower than raw pixels read back
 
@@ -60,10 +64,12 @@ class PixelSpool:
         self._total = 0
         self._lock = threading.Lock()
 
-    def keep(self, upload: bytes, image: Image.Image) -> None:
-        """Keep `image`, the decoded `upload`, unless it is already kept or larger than the whole budget."""
+    def keep(self, upload: bytes, loaded: LoadedImage) -> None:
+        """Keep `loaded`, the decoded `upload`, unless it is already kept or larger than the whole budget."""
+        image = loaded.image
         bands = _MODES.get(image.mode)
-        size = _HEADER.size + image.width * image.height * (bands or 0)
+        meta = json.dumps({"format": loaded.format, "notices": list(loaded.notices)}).encode()
+        size = _HEADER.size + len(meta) + image.width * image.height * (bands or 0)
         key = pixels_key(upload)
         with self._lock:
             if bands is None or size > self.budget or key in self._entries:
@@ -71,7 +77,8 @@ class PixelSpool:
         partial = self.directory / f"{key}.{threading.get_ident()}.part"
         try:
             with open(partial, "wb") as file:
-                file.write(_HEADER.pack(_MAGIC, image.mode.encode().ljust(4), image.width, image.height))
+                file.write(_HEADER.pack(_MAGIC, image.mode.encode().ljust(4), image.width, image.height, len(meta)))
+                file.write(meta)
                 file.write(image.tobytes())
             os.replace(partial, self.directory / key)
         except OSError as exc:  # a full disk costs a decode later, never the job
@@ -90,30 +97,34 @@ class PixelSpool:
                     break
                 self._drop(old)
 
-    def take(self, upload: bytes) -> Image.Image | None:
-        """The kept pixels of `upload`, removed from the spool; None if they were never kept, are gone, or the file
-        is not what was written."""
+    def peek(self, upload: bytes) -> LoadedImage | None:
+        """The kept decode of `upload`, left kept for a later step; None if there is none (or it is damaged)."""
+        return self._read(upload, take=False)
+
+    def take(self, upload: bytes) -> LoadedImage | None:
+        """The kept decode of `upload`, removed from the spool (its last use); None as for `peek`."""
+        return self._read(upload, take=True)
+
+    def _read(self, upload: bytes, *, take: bool) -> LoadedImage | None:
         key = pixels_key(upload)
         path = self.directory / key
         with self._lock:
             if key not in self._entries:
                 return None
-            self._total -= self._entries.pop(key)[0]
+            if take:
+                self._total -= self._entries.pop(key)[0]
         try:
             data = path.read_bytes()
         except OSError:
             return None
         finally:
-            with contextlib.suppress(OSError):
-                path.unlink()
-        if len(data) < _HEADER.size:
-            return None
-        magic, raw_mode, width, height = _HEADER.unpack_from(data)
-        mode = raw_mode.rstrip(b" ").decode("ascii", "replace")
-        if magic != _MAGIC or mode not in _MODES or len(data) != _HEADER.size + width * height * _MODES[mode]:
+            if take:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+        loaded = _parse(data)
+        if loaded is None:
             log.warning("kept pixels %s are damaged; decoding the upload again", key)
-            return None
-        return Image.frombytes(mode, (width, height), memoryview(data)[_HEADER.size :])
+        return loaded
 
     def close(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)
@@ -122,6 +133,22 @@ class PixelSpool:
         self._total -= self._entries.pop(key)[0]
         with contextlib.suppress(OSError):
             (self.directory / key).unlink()
+
+
+def _parse(data: bytes) -> LoadedImage | None:
+    if len(data) < _HEADER.size:
+        return None
+    magic, raw_mode, width, height, meta_length = _HEADER.unpack_from(data)
+    mode = raw_mode.rstrip(b" ").decode("ascii", "replace")
+    start = _HEADER.size + meta_length
+    if magic != _MAGIC or mode not in _MODES or len(data) != start + width * height * _MODES[mode]:
+        return None
+    try:
+        meta = json.loads(data[_HEADER.size : start])
+        fmt, notices = str(meta["format"]), tuple(str(n) for n in meta["notices"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    return LoadedImage(Image.frombytes(mode, (width, height), memoryview(data)[start:]), fmt, notices)
 
 
 def _sweep(parent: Path) -> None:

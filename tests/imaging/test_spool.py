@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bot.imaging import Limits, loading
+from bot.imaging import Limits, LoadedImage, loading
 from bot.imaging.spool import PixelSpool, pixels_key
 from bot.params import FillRequest, MaskOptions
 from bot.pipeline import finish, prepare_fill
+from cogs.paint import has_holes
 
 
 def png(image: Image.Image) -> bytes:
@@ -47,15 +48,25 @@ def spool(tmp_path: Path) -> Iterator[PixelSpool]:
     kept.close()
 
 
+def loaded(image: Image.Image, *notices: str) -> LoadedImage:
+    return LoadedImage(image, "PNG", notices)
+
+
 @pytest.mark.parametrize("mode", ["RGB", "RGBA", "L"])
-def test_kept_pixels_come_back_exactly_once(spool: PixelSpool, astronaut: Image.Image, mode: str) -> None:
+def test_a_kept_decode_is_read_until_the_last_step_takes_it(
+    spool: PixelSpool, astronaut: Image.Image, mode: str
+) -> None:
     image = astronaut.convert(mode)
     upload = png(image)
-    spool.keep(upload, image)
+    spool.keep(upload, loaded(image, "Animated PNG: only the first frame is used."))
+    for _ in range(2):  # checking, then preparing: each reads it, it stays
+        seen = spool.peek(upload)
+        assert seen is not None and seen.image.tobytes() == image.tobytes()
     back = spool.take(upload)
-    assert back is not None and back.mode == mode and back.size == image.size
-    assert back.tobytes() == image.tobytes()
-    assert spool.take(upload) is None  # the finish took them: nothing lingers on disk
+    assert back is not None and back.image.mode == mode and back.image.size == image.size
+    assert back.image.tobytes() == image.tobytes()
+    assert back.format == "PNG" and back.notices == ("Animated PNG: only the first frame is used.",)
+    assert spool.take(upload) is None and spool.peek(upload) is None  # taken: nothing lingers on disk
     assert list(spool.directory.iterdir()) == []
 
 
@@ -65,16 +76,16 @@ def test_the_budget_and_the_age_limit_drop_the_oldest_first(tmp_path: Path, astr
     spool = PixelSpool(2 * one, tmp_path, max_age=100.0, clock=lambda: now[0])
     uploads = [png(astronaut.rotate(angle)) for angle in (90, 180, 270)]
     for upload in uploads:
-        spool.keep(upload, astronaut)
+        spool.keep(upload, loaded(astronaut))
     assert sorted(p.name for p in spool.directory.iterdir()) == sorted(pixels_key(u) for u in uploads[1:])
     assert spool.take(uploads[0]) is None
     now[0] = 150.0  # the two left are now too old: keeping another drops them
     fresh = png(astronaut.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
-    spool.keep(fresh, astronaut)
+    spool.keep(fresh, loaded(astronaut))
     assert [p.name for p in spool.directory.iterdir()] == [pixels_key(fresh)]
     assert spool.take(uploads[1]) is None and spool.take(fresh) is not None
     big = Image.new("RGB", (2000, 2000))
-    spool.keep(png(big), big)  # larger than the whole budget: not kept
+    spool.keep(png(big), loaded(big))  # larger than the whole budget: not kept
     assert list(spool.directory.iterdir()) == []
     spool.close()
 
@@ -82,11 +93,11 @@ def test_the_budget_and_the_age_limit_drop_the_oldest_first(tmp_path: Path, astr
 def test_a_damaged_or_missing_file_is_a_miss(spool: PixelSpool, astronaut: Image.Image) -> None:
     uploads = [png(astronaut), png(astronaut.rotate(90))]
     for upload in uploads:
-        spool.keep(upload, astronaut)
+        spool.keep(upload, loaded(astronaut))
     truncated = spool.directory / pixels_key(uploads[0])
     truncated.write_bytes(truncated.read_bytes()[:-1])
     (spool.directory / pixels_key(uploads[1])).unlink()
-    assert spool.take(uploads[0]) is None
+    assert spool.peek(uploads[0]) is None and spool.take(uploads[0]) is None
     assert spool.take(uploads[1]) is None
 
 
@@ -112,9 +123,6 @@ def test_a_png_job_is_finished_from_kept_pixels_with_the_same_result(
 ) -> None:
     upload = png(photo_with_hole(astronaut))
     request = FillRequest.build("replicate", "a red ball", {}, mask=MaskOptions(feather=4))
-    prepared = prepare_fill(upload, None, request, limits, spool)
-    assert [p.name for p in spool.directory.iterdir()] == [pixels_key(upload)]
-    outputs = [(result_for(prepared.job.image.data), False)]
     decoded: list[str] = []
     real_decode = loading.decode
 
@@ -123,6 +131,12 @@ def test_a_png_job_is_finished_from_kept_pixels_with_the_same_result(
         return real_decode(data, limits, what=what, grey_ok=grey_ok)
 
     monkeypatch.setattr(loading, "decode", counting)
+    assert has_holes(upload, limits, "image", spool)  # the web side's check of a /fill without a mask
+    prepared = prepare_fill(upload, None, request, limits, spool)
+    assert decoded.count("image") == 1  # decoded by the check alone
+    assert [p.name for p in spool.directory.iterdir()] == [pixels_key(upload)]
+    outputs = [(result_for(prepared.job.image.data), False)]
+    decoded.clear()
     kept = finish(outputs, inputs=prepared.inputs, request=request, limits=limits, job_id="k", pixels=spool)
     assert "image" not in decoded  # the upload was not decoded again
     assert list(spool.directory.iterdir()) == []
