@@ -178,7 +178,8 @@ def render(rows: list[dict[str, Any]], mode_name: str, runs: int) -> str:
         f"- command: {' '.join([Path(sys.executable).name, *sys.argv])}",
         f"- {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC; {runs} run(s) of each benchmark, medians (range over runs)",
         "- bot and provider benchmarks: fake Discord and FakeReplicate (honouring `Prefer: wait`) on 127.0.0.1 in "
-        "their own processes; 1440x1440 RGBA PNG uploads (3.5 MB)",
+        "their own processes; 1440x1440 RGBA PNG uploads (3.5 MB), a file of its own per job; single jobs also of a "
+        "1440x1440 JPEG (0.4 MB) with a mask",
         "",
         "| figure | median | range | target | result |",
         "|---|---|---|---|---|",
