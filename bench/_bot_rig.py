@@ -5,14 +5,13 @@ per-job figures read from the fakes' logs afterwards."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _common import cpu_seconds, jpeg_1440, photo_1440, tagged
+from _common import cpu_seconds, free_port, jpeg_1440, photo_1440, tagged
 from _fake_servers import FakeProcess, RemoteDiscord
 
 from bot.app import FillBot, create_bot
@@ -30,12 +29,6 @@ class Wave:
     dispatched_at: dict[str, float] = field(default_factory=dict)  # token -> wall time
     prompts: dict[str, str] = field(default_factory=dict)  # token -> unique prompt
     sent: list[Dispatched] = field(default_factory=list)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class BotRig:
@@ -67,7 +60,7 @@ class BotRig:
         }
         self.webhooks = webhooks
         if webhooks:  # the web side on: FakeReplicate calls back instead of being polled
-            port = _free_port()
+            port = free_port()
             self.env |= {"PUBLIC_URL": f"http://127.0.0.1:{port}", "WEB_PORT": str(port)}
         settings = load_settings(self.env)
         self.bot: FillBot = create_bot(settings, edit_interval=EDIT_INTERVAL)

@@ -7,6 +7,7 @@ import io
 import os
 import platform
 import resource
+import socket
 import statistics
 import struct
 import sys
@@ -22,6 +23,13 @@ ROOT = Path(__file__).resolve().parents[1]
 TESTDATA = ROOT / "tests" / "data"
 RESULTS = ROOT / "bench" / "results"
 MiB = 1024 * 1024
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on now (for the bot's web side)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def encoded(image: Image.Image, fmt: str, **params: Any) -> bytes:

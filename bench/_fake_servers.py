@@ -136,7 +136,6 @@ class _Controller:
                     "files": len(r.files),
                     "bytes": sum(f.size for f in r.files),
                     "title": title,
-                    "content": str((r.json or {}).get("content") or ""),
                     "final": title.startswith(FINAL_MARKS),
                 }
             )

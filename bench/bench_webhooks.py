@@ -23,7 +23,6 @@ import asyncio
 import json
 import logging
 import re
-import socket
 import statistics
 import sys
 import tempfile
@@ -37,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench._common import TESTDATA  # noqa: E402
+from bench._common import TESTDATA, free_port  # noqa: E402
 from bot.app import create_bot  # noqa: E402
 from bot.config import load_settings  # noqa: E402
 from tests.fakes.bfl_server import FakeBFL  # noqa: E402
@@ -49,12 +48,6 @@ PROVIDERS = ("replicate", "bfl", "wavespeed")
 MODES = ("webhooks", "polling")
 EDIT_TARGET_MS = 300.0
 Fakes = dict[str, Any]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @asynccontextmanager
@@ -95,7 +88,7 @@ async def one_mode(mode: str, duration: float, jobs: int, workdir: Path) -> dict
     async with fakes(duration) as f:
         env = {"DATABASE_PATH": str(workdir / f"{mode}.db"), "ALLOW_PRIVATE_DOWNLOADS": "true", **provider_env(f)}
         if mode == "webhooks":
-            port = _free_port()
+            port = free_port()
             env |= {"PUBLIC_URL": f"http://127.0.0.1:{port}", "WEB_PORT": str(port)}
         bot = create_bot(load_settings(env), edit_interval=1.5)
         picture = (TESTDATA / "photo_coffee_1024x768.jpg").read_bytes()

@@ -41,7 +41,7 @@ from bot.imaging import (
 )
 from bot.imaging.loading import decode
 from bot.imaging.preview import BEFORE_SIDE, before_preview
-from bot.imaging.spool import KEPT_FORMATS, PixelSpool
+from bot.imaging.spool import PixelSpool
 from bot.params import EditRequest, FillRequest, ModelSpec
 from bot.providers.base import InputImage, ProviderJob
 from bot.providers.registry import PROVIDERS
@@ -166,7 +166,7 @@ def upload_image(data: bytes, limits: Limits, pixels: PixelSpool | None, *, what
 
 def keep_upload(pixels: PixelSpool | None, data: bytes, loaded: LoadedImage) -> None:
     """Keep the decoded upload for later steps where decoding it again costs more than reading it back."""
-    if pixels is not None and loaded.format in KEPT_FORMATS:
+    if pixels is not None:
         pixels.keep(data, loaded)
 
 

@@ -3,14 +3,15 @@
 A job's upload is decoded when it is prepared and again when its result is put back into it (and with the web
 side on, a /fill without a mask first decodes it to see whether it has transparent holes). For a PNG that
 second decode was the largest cost of the finish (1440x1440 RGBA: 71 ms to decode, 2 ms to read 8 MB of raw
-pixels back); keeping the pixels in memory instead would cost 8 MB per waiting job. So the prepared pixels
-go to a private directory, keyed by a hash of the upload's bytes (a Rerun of the same upload finds them too),
-within a byte budget that drops the least recently used first. It is only a cache: a missing, evicted or
-damaged file means decoding the upload again, and the directory is the process's own (created 0700, removed
-at close; one left by a killed process is removed by the next start).
+pixels back); keeping the pixels in memory instead would cost 8 MB per waiting job. So the decoded upload
+(pixels, plus the format and notices the loader found) goes to a private directory, keyed by a hash of the
+upload's bytes: later steps read it (`peek`) until the finish takes it, and entries older than `max_age`, or
+the oldest when the byte budget needs room, are dropped. It is only a cache: a missing, evicted or damaged file
+means decoding the upload again, and the directory is the process's own (created 0700, removed at close; one
+left by a killed process is removed by the next start).
 
-JPEG uploads are not kept: they decode about as fast as their raw pixels read back (9 vs 2 ms at 1440x1440,
-for 6 MB of disk each).
+JPEG uploads are not kept (nor looked up): they decode about as fast as their raw pixels read back (9 vs 2 ms at
+1440x1440, for 6 MB of disk each).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from bot.imaging.loading import LoadedImage
+from bot.imaging.loading import LoadedImage, sniff_format
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ _PREFIX = "fillbot-pixels-"
 _HEADER = struct.Struct("<8s4sIII")  # magic, mode, width, height, length of the JSON that follows
 _MAGIC = b"FBPIXEL2"
 _MODES = {"RGB": 3, "RGBA": 4, "L": 1}
-KEPT_FORMATS = frozenset({"PNG", "WEBP", "GIF", "BMP", "TIFF"})  # what decodes slower than raw pixels read back
+_KEPT_FORMATS = frozenset({"PNG", "WEBP", "GIF"})  # what decodes slower than its raw pixels read back
 
 
 def pixels_key(upload: bytes) -> str:
@@ -65,7 +66,9 @@ class PixelSpool:
         self._lock = threading.Lock()
 
     def keep(self, upload: bytes, loaded: LoadedImage) -> None:
-        """Keep `loaded`, the decoded `upload`, unless it is already kept or larger than the whole budget."""
+        """Keep `loaded`, the decoded `upload`, unless it is a JPEG, already kept or larger than the whole budget."""
+        if loaded.format not in _KEPT_FORMATS:
+            return
         image = loaded.image
         bands = _MODES.get(image.mode)
         meta = json.dumps({"format": loaded.format, "notices": list(loaded.notices)}).encode()
@@ -106,6 +109,8 @@ class PixelSpool:
         return self._read(upload, take=True)
 
     def _read(self, upload: bytes, *, take: bool) -> LoadedImage | None:
+        if sniff_format(upload) not in _KEPT_FORMATS:
+            return None  # never kept: no need to hash it
         key = pixels_key(upload)
         path = self.directory / key
         with self._lock:
