@@ -26,7 +26,7 @@ if str(ROOT) not in sys.path:
 
 from tests.fakes.discord_api import FakeChannel, FakeDiscord, RecordedRequest  # noqa: E402
 from tests.fakes.discord_harness import GENERAL_CHANNEL_ID, GUILD_ID, NSFW_CHANNEL_ID, OWNER  # noqa: E402
-from tests.fakes.replicate_server import FakeReplicate, Prediction, _now_iso  # noqa: E402
+from tests.fakes.replicate_server import OUTPUT_FORMATS, FakeReplicate, Prediction, _now_iso, output_format  # noqa: E402
 
 FINAL_MARKS = ("✅", "❌", "🛡", "⏹", "⌛")
 
@@ -50,7 +50,7 @@ class BenchReplicate(FakeReplicate):
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        self._made: dict[tuple[str, str, str, str], list[bytes]] = {}
+        self._made: dict[tuple[str, ...], list[bytes]] = {}
 
     async def start(self) -> None:
         await super().start()
@@ -65,6 +65,7 @@ class BenchReplicate(FakeReplicate):
             hashlib.blake2b(image.encode(), digest_size=16).hexdigest(),
             str(inputs.get("megapixels", "1")),
             str(inputs.get("num_outputs", 1)),
+            *map(str, output_format(model, inputs)),
         )
         pictures = self._made.get(key)
         if pictures is None:
@@ -74,7 +75,7 @@ class BenchReplicate(FakeReplicate):
         pid = "b" + hashlib.blake2b(f"{time.time_ns()}-{len(self.predictions)}".encode(), digest_size=13).hexdigest()
         names = []
         for i, data in enumerate(pictures):
-            names.append(f"{pid}-{i}.png")
+            names.append(f"{pid}-{i}.{OUTPUT_FORMATS[key[-2]][1]}")
             self.files[names[-1]] = data
         steps = int(inputs.get("num_inference_steps", inputs.get("steps", 28)))
         return Prediction(

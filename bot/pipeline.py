@@ -48,6 +48,8 @@ from bot.providers.registry import PROVIDERS
 
 log = logging.getLogger(__name__)
 
+JPEG_RESULT_QUALITY = 95
+
 
 @dataclass(frozen=True)
 class JobInputs:
@@ -127,7 +129,8 @@ def prepare_fill(
         kept.result()
         preview_data = preview.result()
     mask_input = InputImage(sent_mask, "image/png", sized_mask.size)
-    job = ProviderJob(request.spec, request.prompt, request.params, image_input, mask_input)
+    job = ProviderJob(request.spec, request.prompt, request.params, image_input, mask_input,
+                      jpeg_result(request, image_data))
     return Prepared(
         job=job,
         inputs=JobInputs(image_data, stored_mask),
@@ -148,7 +151,8 @@ def prepare_edit(
     sized, image_input = _to_provider(loaded.image, request.spec)
     preview = encode(_thumbnail(sized), "jpeg", quality=80)
     return Prepared(
-        job=ProviderJob(request.spec, request.prompt, request.params, image_input),
+        job=ProviderJob(request.spec, request.prompt, request.params, image_input,
+                        jpeg_result=jpeg_result(request, image_data)),
         inputs=JobInputs(image_data, None),
         preview=preview,
         preview_name="input.jpg",
@@ -176,12 +180,33 @@ def _upload_pixels(data: bytes, limits: Limits, pixels: PixelSpool | None) -> Im
     return (kept if kept is not None else load_image(data, limits, what="image")).image
 
 
-def job_from_sent(request: FillRequest | EditRequest, image: bytes, mask: bytes | None) -> ProviderJob:
+def job_from_sent(
+    request: FillRequest | EditRequest, image: bytes, mask: bytes | None, original_head: bytes
+) -> ProviderJob:
     """The provider job again from the pictures `prepare_*` made for it (kept with the job): only their sizes
-    are read, from the headers."""
+    are read, from the headers, and the upload's kind from the first bytes of the original."""
     mask_input = None if mask is None else InputImage(mask, "image/png", _header_size(mask))
     return ProviderJob(request.spec, request.prompt, request.params,
-                       InputImage(image, PROVIDER_MIME, _header_size(image)), mask_input)
+                       InputImage(image, PROVIDER_MIME, _header_size(image)), mask_input,
+                       jpeg_result(request, original_head))
+
+
+def delivery_format(request: FillRequest | EditRequest, original: bytes, *, transparent: bool = False) -> str:
+    """The format the finished pictures are encoded in: the one asked for, else the upload's kind
+    (`auto_format`; `original` may be just the upload's first bytes)."""
+    fmt = request.delivery.output_format
+    return auto_format(sniff_format(original), transparent=transparent) if fmt == AUTO else fmt
+
+
+def jpeg_result(request: FillRequest | EditRequest, original: bytes) -> int | None:
+    """The JPEG quality to ask the provider's result in when the delivery is a JPEG anyway (None: lossless).
+
+    At least q95, so the result's one extra JPEG generation stays far below what the model changes; a JPEG
+    upload can never be transparent, so `delivery_format` without transparency is the finish's answer too.
+    """
+    if delivery_format(request, original) != "jpeg":
+        return None
+    return max(request.delivery.output_quality, JPEG_RESULT_QUALITY)
 
 
 def _header_size(data: bytes) -> tuple[int, int]:
@@ -239,10 +264,8 @@ def finish(
             pictures = [fit_result(size, _result(data, limits)) for data, _flagged in outputs]
         else:
             pictures = [_result(data, limits) for data, _flagged in outputs]
-    fmt = delivery.output_format
-    if fmt == AUTO:
-        transparent = any(pictures[i].mode == "RGBA" for i in range(len(pictures)))
-        fmt = auto_format(sniff_format(inputs.original), transparent=transparent)
+    transparent = any(pictures[i].mode == "RGBA" for i in range(len(pictures)))
+    fmt = delivery_format(request, inputs.original, transparent=transparent)
     encoded, notices = fit_under(pictures, fmt, delivery.output_quality, max_total_bytes)
     kind = request.spec.operation
     images = tuple(

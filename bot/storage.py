@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, cast
+from typing import Any, Literal, NamedTuple, cast
 
 from bot import db
 from bot.guild_settings import (
@@ -95,6 +95,18 @@ def _statements(sql: str) -> Iterator[str]:
             buffer = ""
     if buffer.strip():
         yield buffer.strip()
+
+
+_HEAD_BYTES = 16  # enough of the original to tell its kind (`sniff_format`) without reading it all
+
+
+class SentPictures(NamedTuple):
+    """A job's pictures as they go to the provider, and the first bytes of the user's original (its kind picks
+    the result format to ask for)."""
+
+    image: bytes
+    mask: bytes | None
+    original_head: bytes
 
 
 @dataclass(frozen=True)
@@ -612,13 +624,16 @@ class Storage:
         async with self._lock:
             return await self._job_unlocked(job_id)
 
-    async def load_sent(self, job_id: str) -> tuple[bytes, bytes | None] | None:
+    async def load_sent(self, job_id: str) -> SentPictures | None:
         """The job's pictures as prepared for the provider, until it is delivered; None if not kept."""
-        rows = await self._rows("SELECT sent_image, sent_mask FROM job_inputs WHERE job_id = ?", (job_id,))
+        rows = await self._rows(
+            "SELECT sent_image, sent_mask, substr(original, 1, ?) AS head FROM job_inputs WHERE job_id = ?",
+            (_HEAD_BYTES, job_id),
+        )
         if not rows or rows[0]["sent_image"] is None:
             return None
         mask = rows[0]["sent_mask"]
-        return bytes(rows[0]["sent_image"]), None if mask is None else bytes(mask)
+        return SentPictures(bytes(rows[0]["sent_image"]), None if mask is None else bytes(mask), bytes(rows[0]["head"]))
 
     async def load_inputs(self, job_id: str) -> tuple[bytes, bytes | None] | None:
         """The job's original picture and mask; None once purged (Rerun then says the inputs are gone)."""

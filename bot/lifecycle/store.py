@@ -19,7 +19,7 @@ from typing import TypeVar
 
 from bot.db import StorageError
 from bot.lifecycle.states import State
-from bot.storage import Front, JobRecord, NotOwner, OutputMeta, Storage
+from bot.storage import Front, JobRecord, NotOwner, OutputMeta, SentPictures, Storage
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ class JobStore:
     async def load_outputs(self, job_id: str) -> list[tuple[bytes, bool]]:
         return await self._retry("load outputs", lambda: self.storage.load_outputs(job_id))
 
-    async def load_sent(self, job_id: str) -> tuple[bytes, bytes | None] | None:
+    async def load_sent(self, job_id: str) -> SentPictures | None:
         return await self._retry("load sent pictures", lambda: self.storage.load_sent(job_id))
 
     async def load_inputs(self, job_id: str) -> tuple[bytes, bytes | None] | None:

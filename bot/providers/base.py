@@ -38,6 +38,8 @@ class ProviderJob:
     params: Mapping[str, Value]
     image: InputImage
     mask: InputImage | None = None
+    # The delivery will be a JPEG: a provider that can may return a JPEG of this quality instead of a PNG.
+    jpeg_result: int | None = None
 
 
 @dataclass(frozen=True)

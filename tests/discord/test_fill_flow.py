@@ -5,6 +5,7 @@ an expired interaction token and a deleted reply."""
 from __future__ import annotations
 
 import base64
+import io
 import logging
 import re
 
@@ -274,6 +275,48 @@ async def test_edit_with_replicate_kontext(make_bot, fake_replicate: FakeReplica
         result = decode(message.attachments[0].data)
         assert result.width > 0 and result.format == "PNG"
         assert_result_buttons(message)
+        assert not h.errors
+
+
+@pytest.mark.parametrize(
+    ("upload", "options", "asked"),
+    [
+        ("coffee.jpg", {}, ("jpg", 95)),  # a JPEG photo comes back as a JPEG anyway: ask for one
+        ("coffee.jpg", {"output_format": "png"}, ("png", None)),  # a lossless delivery needs a lossless result
+        ("coffee.png", {}, ("png", None)),  # a PNG comes back as PNG
+    ],
+    ids=["jpeg", "jpeg-as-png", "png"],
+)
+async def test_replicate_is_asked_for_the_result_format_the_delivery_needs(
+    make_bot, fake_replicate: FakeReplicate, upload: str, options: dict[str, object], asked: tuple[str, int | None]
+) -> None:
+    """The provider returns a JPEG exactly when the member gets a JPEG: a fifth of a PNG's download and a sixth
+    of its decode, with no loss a lossless delivery would show."""
+    bot: FillBot = make_bot(**replicate_env(fake_replicate))
+    photo_jpeg = (TESTDATA / "photo_coffee_1024x768.jpg").read_bytes()
+    if upload.endswith(".png"):
+        original = decode(photo_jpeg)
+        original.save(buffer := io.BytesIO(), "PNG")
+        data, mime = buffer.getvalue(), "image/png"
+    else:
+        data, mime = photo_jpeg, "image/jpeg"
+    mask = (TESTDATA / "mask_coffee_1024x768_ellipse.png").read_bytes()
+    async with running(bot) as h:
+        sent = await h.dispatch(h.slash("fill", {"prompt": "a croissant", "provider": "replicate", **options},
+                                        attachments={"image": (upload, data, mime), "mask": ("mask.png", mask,
+                                                                                             "image/png")}))
+        message = await final_reply(h, sent)
+        assert message.embeds[0]["title"].startswith("✅"), message.text
+        (prediction,) = fake_replicate.predictions.values()
+        assert (prediction.input["output_format"], prediction.input.get("output_quality")) == asked
+        [result_file] = prediction.files
+        assert result_file.endswith("." + asked[0])  # the fake saved what was asked
+        result = decode(message.attachments[0].data)
+        assert result.size == (1024, 768)  # full resolution either way
+        assert result.format == ("JPEG" if asked[0] == "jpg" else "PNG")
+        box = decode(mask).convert("L").getbbox()
+        assert box is not None
+        assert_composited(result, decode(data), box, lossy=result.format == "JPEG")
         assert not h.errors
 
 

@@ -11,15 +11,18 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import io
 import signal
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from bot.app import FillBot, create_bot
 from bot.lifecycle.jobs import Mode
-from tests.discord.conftest import both_backends, final_reply, job_id_of, running, settings_for
+from tests.discord.conftest import both_backends, final_reply, job_id_of, mask_for, photo, running, settings_for
 from tests.discord.test_crash import (
     assert_delivered_once,
     child_bot,
@@ -189,7 +192,11 @@ async def test_a_worker_sends_the_pictures_prepared_at_admission_without_prepari
         env = job_env(fake, tmp_path, EXTERNAL_WORKERS="true")
         front = create_bot(settings_for(tmp_path, **env), edit_interval=0.05)
         async with running(front) as h:
-            sent = await h.dispatch(fill(h, "prepared once"))
+            jpeg = io.BytesIO()
+            Image.open(io.BytesIO(photo())).convert("RGB").save(jpeg, "JPEG", quality=90)
+            sent = await h.dispatch(h.slash("fill", {"prompt": "prepared once", "provider": "replicate"}, attachments={
+                "image": ("photo.jpg", jpeg.getvalue(), "image/jpeg"), "mask": ("mask.png", mask_for(), "image/png"),
+            }))
             await h.wait_for(lambda: (m := h.original(sent)) is not None and bool(m.custom_ids()), timeout=15,
                              message="queued for the workers")
             job_id = job_id_of(h.original(sent))  # type: ignore[arg-type]
@@ -210,4 +217,5 @@ async def test_a_worker_sends_the_pictures_prepared_at_admission_without_prepari
             assert_delivered_once(h, message)
             [prediction] = fake.predictions.values()
             assert prediction.input["image"].endswith(base64.b64encode(stored[0]).decode())  # the same bytes
+            assert prediction.input["output_format"] == "jpg"  # a JPEG upload's result, asked for as a JPEG
             assert await front.storage.load_sent(job_id) is None  # dropped once delivered

@@ -244,10 +244,31 @@ def fill_dev_size(width: int, height: int, megapixels: str = "1") -> tuple[int, 
     return max(32, int(width * scale) // 32 * 32), max(32, int(height * scale) // 32 * 32)
 
 
-def _png(image: Image.Image) -> bytes:
+# output_format -> (Pillow format, file extension, Content-Type); the CDN serves each file with its own type.
+OUTPUT_FORMATS = {
+    "png": ("PNG", "png", "image/png"),
+    "jpg": ("JPEG", "jpg", "image/jpeg"),
+    "webp": ("WEBP", "webp", "image/webp"),
+}
+_TYPES_BY_EXTENSION = {extension: mime for _, extension, mime in OUTPUT_FORMATS.values()}
+
+
+def _saved(image: Image.Image, output_format: str, quality: int) -> bytes:
+    """The picture as cog-flux saves it: `output_quality` applies to the lossy formats only."""
+    pillow_format = OUTPUT_FORMATS[output_format][0]
     out = io.BytesIO()
-    image.save(out, format="PNG")
+    if pillow_format == "PNG":
+        image.save(out, format="PNG")
+    else:
+        image.save(out, format=pillow_format, quality=quality)
     return out.getvalue()
+
+
+def output_format(model: str, inputs: dict[str, Any]) -> tuple[str, int]:
+    """The format and quality a prediction's files are saved in: the input's, else the model's default (webp
+    for the dev models, jpg for fill-pro) at quality 80."""
+    default = "jpg" if model not in (FILL_DEV, KONTEXT_DEV) else "webp"
+    return str(inputs.get("output_format", default)), int(inputs.get("output_quality", 80))
 
 
 class FakeReplicate:
@@ -600,11 +621,13 @@ class FakeReplicate:
             number("lora_scale", -1, 3, False)
             enum("megapixels", ("1", "0.25", "match_input"))
             enum("output_format", ("webp", "jpg", "png"))
+            number("output_quality", 0, 100, True)
         elif model == KONTEXT_DEV:
             number("num_inference_steps", 4, 50, True)
             number("guidance", 0, 10, False)
             enum("aspect_ratio", ("match_input_image", *KONTEXT_RATIOS))
             enum("output_format", ("webp", "jpg", "png"))
+            number("output_quality", 0, 100, True)
         else:
             number("steps", 1, 50, True)
             number("guidance", 2, 5, False)
@@ -630,10 +653,11 @@ class FakeReplicate:
             count = int(inputs.get("num_outputs", 1))
         else:
             size, count = source.size, 1
-        picture = _png(ImageOps.invert(source).resize(size))
+        fmt, quality = output_format(model, inputs)
+        picture = _saved(ImageOps.invert(source).resize(size), fmt, quality)
         names = []
         for i in range(count):
-            name = f"{pid}-{i}.png"
+            name = f"{pid}-{i}.{OUTPUT_FORMATS[fmt][1]}"
             self.files[name] = picture
             names.append(name)
         steps = int(inputs.get("num_inference_steps", inputs.get("steps", 28)))
@@ -808,7 +832,8 @@ class FakeReplicate:
         data = self.files.get(request.match_info["name"])
         if data is None or self.faults.missing_files:
             return web.Response(status=404, text="Not Found")
-        return web.Response(body=data, content_type="image/png")
+        extension = request.match_info["name"].rpartition(".")[2]
+        return web.Response(body=data, content_type=_TYPES_BY_EXTENSION.get(extension, "image/png"))
 
     async def _secret(self, request: web.Request) -> web.StreamResponse:
         if not self._authorized(request):

@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw
 
 from bot.imaging import Limits, encode_mask
 from bot.params import Delivery, EditRequest, FillRequest, MaskOptions
-from bot.pipeline import JobInputs, finish, prepare_edit, prepare_fill
+from bot.pipeline import JobInputs, finish, job_from_sent, prepare_edit, prepare_fill
 
 DISCORD_CAP = 10 * 1024 * 1024 - 64 * 1024  # what the Discord front end passes as max_total_bytes
 
@@ -183,3 +183,33 @@ def test_prepare_then_finish_round_trip(testdata: Path, limits: Limits) -> None:
     output = provider_output(photo.rotate(-90, expand=True), prepared.job.image.size)
     done = finish([(output, False)], inputs=prepared.inputs, request=request, limits=limits, job_id="r")
     assert done.images[0].size == (768, 1024) and decode(done.images[0].data).size == (768, 1024)
+
+
+@pytest.mark.parametrize(
+    ("upload", "delivery", "expected"),
+    [
+        ("photo_coffee_1024x768.jpg", Delivery(), 95),
+        ("photo_coffee_1024x768.jpg", Delivery("auto", 98), 98),  # never below the delivery's own quality
+        ("photo_coffee_1024x768.jpg", Delivery("png"), None),
+        ("photo_astronaut_512x512.png", Delivery("jpeg", 80), 95),
+        ("photo_astronaut_512x512.png", Delivery(), None),
+        ("photo_chelsea_900x600.webp", Delivery(), None),
+    ],
+)
+def test_a_jpeg_result_is_asked_for_exactly_when_the_delivery_is_jpeg(
+    testdata: Path, limits: Limits, upload: str, delivery: Delivery, expected: int | None
+) -> None:
+    """The job prepared for the provider and the one rebuilt from the stored pictures (a worker, a restart)
+    ask for the same result, and the finish then delivers the format that was planned for."""
+    data = (testdata / upload).read_bytes()
+    request = fill_request(delivery=delivery)
+    prepared = prepare_fill(data, encode_mask(ellipse_mask(decode(data).size)), request, limits)
+    assert prepared.job.jpeg_result == expected
+    assert prepared.job.mask is not None
+    rebuilt = job_from_sent(request, prepared.job.image.data, prepared.job.mask.data, data[:16])
+    assert rebuilt == prepared.job
+    original = decode(data).convert("RGB")
+    result = save(original.resize((512, 512)), "JPEG", quality=95) if expected else provider_output(original,
+                                                                                                     (512, 512))
+    done = finish([(result, False)], inputs=prepared.inputs, request=request, limits=limits, job_id="q")
+    assert (decode(done.images[0].data).format == "JPEG") == (expected is not None)
