@@ -220,6 +220,32 @@ def _thumbnail(image: Image.Image, max_side: int = 640) -> Image.Image:
     return copy
 
 
+@dataclass(frozen=True)
+class Groundwork:
+    """The part of a finish that needs no result: the "before" picture and, for a composited fill, the original
+    with its fill area made ready (`Filled`). Laid while the provider still works, it leaves the finish only
+    the results' own work; it holds a full-size picture, so it is laid only shortly before the result."""
+
+    before: bytes | None
+    filled: Filled | None
+
+
+def lay_groundwork(
+    inputs: JobInputs, request: FillRequest | EditRequest, limits: Limits, job_id: str,
+    pixels: PixelSpool | None = None,
+) -> Groundwork:
+    """Decode the upload (or take it from `pixels`) and the mask, draw the "before" picture from them and set up
+    the composite; single use (the finish changes the original in place)."""
+    if isinstance(request, FillRequest) and inputs.mask is not None and request.delivery.composite:
+        original = _upload_pixels(inputs.original, limits, pixels)
+        mask, _, _ = decode(inputs.mask, limits, what="mask", grey_ok=True)
+        # From the pictures already decoded (Filled changes the original): decoding the upload again for a
+        # thumbnail cost as much as the rest of the finish's decoding of it.
+        before = _before(lambda: mask_preview(original, mask, max_side=BEFORE_SIDE), job_id)
+        return Groundwork(before, Filled(original, mask, feather=request.mask.feather))
+    return Groundwork(_before(lambda: before_preview(inputs.original, inputs.mask), job_id), None)
+
+
 def finish(
     outputs: Sequence[tuple[bytes, bool]],
     *,
@@ -229,50 +255,43 @@ def finish(
     job_id: str,
     max_total_bytes: int | None = None,
     pixels: PixelSpool | None = None,
+    groundwork: Groundwork | None = None,
 ) -> Finished:
     """Decode provider outputs safely, put them back into the original picture and encode them as asked.
 
     Fill results are scaled to the original's size and, with `composite`, pasted through the feathered mask
     so every pixel outside it is the user's own at full resolution. The "auto" format answers in the upload's
     kind (`auto_format`); over `max_total_bytes` the encoding gives way before the resolution (`fit_under`).
+    `groundwork` is this job's, laid ahead (`lay_groundwork`); without it, it is laid here.
     """
-    delivery = request.delivery
     pictures: Pictures
-    if isinstance(request, FillRequest) and inputs.mask is not None and delivery.composite:
-        # The provider's outputs decode in a second thread meanwhile (Pillow's decoders release the GIL): the
-        # two largest decodes of the finish overlap instead of adding up.
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fillbot-results") as side:
-            pending = [data for data, _flagged in outputs]
+    # The provider's outputs decode in a second thread meanwhile (Pillow's decoders release the GIL): the
+    # largest decodes of the finish overlap instead of adding up, and one result is decoded ahead at most (a
+    # 12 MP one is 36 MB).
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fillbot-results") as side:
+        pending = [data for data, _flagged in outputs]
+        ahead = side.submit(_result, pending.pop(0), limits) if pending else None
+        ground = groundwork or lay_groundwork(inputs, request, limits, job_id, pixels)
+        results: list[Image.Image] = []
+        size = _original_size(inputs, limits) if ground.filled is None and isinstance(request, FillRequest) else None
+        while ahead is not None:
+            result = ahead.result()
             ahead = side.submit(_result, pending.pop(0), limits) if pending else None
-            original = _upload_pixels(inputs.original, limits, pixels)
-            mask, _, _ = decode(inputs.mask, limits, what="mask", grey_ok=True)
-            # From the pictures already decoded (Filled changes the original): decoding the upload again for a
-            # thumbnail cost as much as the rest of the finish's decoding of it.
-            before = _before(lambda: mask_preview(original, mask, max_side=BEFORE_SIDE), job_id)
-            filled = Filled(original, mask, feather=request.mask.feather)
-            del original, mask  # the composite owns the only full-size picture from here on
-            while ahead is not None:  # one result decoded ahead at most: a 12 MP one is 36 MB
-                result = ahead.result()
-                ahead = side.submit(_result, pending.pop(0), limits) if pending else None
-                filled.add(result)
-                del result  # only its patch is kept
-        pictures = filled
-    else:
-        before = _before(lambda: before_preview(inputs.original, inputs.mask), job_id)
-        if isinstance(request, FillRequest):
-            size = _original_size(inputs, limits)
-            pictures = [fit_result(size, _result(data, limits)) for data, _flagged in outputs]
-        else:
-            pictures = [_result(data, limits) for data, _flagged in outputs]
+            if ground.filled is not None:
+                ground.filled.add(result)  # only its patch is kept
+            else:
+                results.append(result if size is None else fit_result(size, result))
+            del result
+        pictures = ground.filled if ground.filled is not None else results
     transparent = any(pictures[i].mode == "RGBA" for i in range(len(pictures)))
     fmt = delivery_format(request, inputs.original, transparent=transparent)
-    encoded, notices = fit_under(pictures, fmt, delivery.output_quality, max_total_bytes)
+    encoded, notices = fit_under(pictures, fmt, request.delivery.output_quality, max_total_bytes)
     kind = request.spec.operation
     images = tuple(
         FinishedImage(file.data, f"{kind}-{job_id}-{i}.{file.extension}", file.size, flagged)
         for i, (file, (_, flagged)) in enumerate(zip(encoded, outputs, strict=True), start=1)
     )
-    return Finished(images, tuple(notices), before)
+    return Finished(images, tuple(notices), ground.before)
 
 
 def _before(draw: Callable[[], bytes], job_id: str) -> bytes | None:

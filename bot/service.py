@@ -22,7 +22,16 @@ from bot.imaging import Limits
 from bot.imaging.spool import PixelSpool
 from bot.params import EditRequest, FillRequest, MaskOptions
 from bot.picture_pool import PicturePool, Work
-from bot.pipeline import Finished, JobInputs, Prepared, finish, prepare_edit, prepare_fill
+from bot.pipeline import (
+    Finished,
+    Groundwork,
+    JobInputs,
+    Prepared,
+    finish,
+    lay_groundwork,
+    prepare_edit,
+    prepare_fill,
+)
 from bot.providers.base import Provider
 from bot.providers.http import Downloader
 from bot.providers.registry import PROVIDERS
@@ -122,12 +131,18 @@ class FillService:
         *,
         job_id: str,
         max_total_bytes: int | None = None,
+        groundwork: Groundwork | None = None,
     ) -> Finished:
         """Decode the provider's outputs, put them back into the original and encode them, in the pool."""
         return await self._pictures.run(
             Work.FINISH, finish, files, inputs=inputs, request=request, limits=self.limits, job_id=job_id,
-            max_total_bytes=max_total_bytes, pixels=self.pixels,
+            max_total_bytes=max_total_bytes, pixels=self.pixels, groundwork=groundwork,
         )
+
+    async def lay_groundwork(self, request: FillRequest | EditRequest, inputs: JobInputs, *, job_id: str) -> Groundwork:
+        """What the finish can do before the results come (`lay_groundwork`), with the finishing work: it is
+        laid only for a result expected soon, so it must not wait behind new jobs' preparation."""
+        return await self._pictures.run(Work.FINISH, lay_groundwork, inputs, request, self.limits, job_id, self.pixels)
 
     @staticmethod
     def new_job_id() -> str:

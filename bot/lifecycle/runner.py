@@ -24,7 +24,7 @@ from bot.lifecycle.slots import SlotQueue
 from bot.lifecycle.states import State, allowed
 from bot.lifecycle.store import JobStore, NotOwner, StoreUnavailable
 from bot.params import EditRequest, FillRequest, request_from_json
-from bot.pipeline import JobInputs, job_from_sent
+from bot.pipeline import Groundwork, JobInputs, job_from_sent
 from bot.providers.base import Handle, Provider, ProviderJob, Status
 from bot.service import FillService
 from bot.storage import JobRecord
@@ -82,6 +82,10 @@ def _duration(seconds: float) -> str:
 
 _ETA_MARGIN = 0.03  # poll this long after the predicted end: an early poll costs a request and 0.25 s
 _MIN_POLL = 0.25
+# The finish's groundwork (pipeline.Groundwork) is laid once a job is predicted to end within this long: ready
+# before the result with room to spare, for at most this many jobs at once (each holds a full-size picture).
+_GROUNDWORK_AHEAD = 1.5
+_GROUNDWORK_AT_ONCE = 4
 
 
 @dataclass
@@ -122,6 +126,7 @@ class LiveJob:
     position: int | None = None
     progress: float | None = None
     handle: Handle | None = None
+    groundwork: asyncio.Task[Groundwork | None] | None = None
 
     @property
     def id(self) -> str:
@@ -308,6 +313,10 @@ class Runner:
             if status is not None:
                 await self._observe(live, status)
                 expected = eta.remaining(self.clock(), status.progress)
+                if status.remaining is not None:
+                    expected = status.remaining  # the provider's own speed, free of the readings' rounding
+                if expected is not None and expected <= _GROUNDWORK_AHEAD:
+                    self._lay_groundwork(live)
             if live.cancel.is_set():
                 raise _Stop(await self._cancel_at_provider(live, provider, handle))
             remaining = deadline - self.clock()
@@ -417,14 +426,35 @@ class Runner:
         stored = await self.store.load_inputs(live.id)
         if stored is None:
             return Ending(live.id, State.FAILED, MSG_INPUTS_GONE, live.elapsed(), notices=notices)
+        groundwork, live.groundwork = live.groundwork, None
         try:
             finished = await self.service.finish(live.request, JobInputs(*stored), files, job_id=live.id,
-                                                 max_total_bytes=getattr(live.sink, "max_total_bytes", None))
+                                                 max_total_bytes=getattr(live.sink, "max_total_bytes", None),
+                                                 groundwork=await groundwork if groundwork is not None else None)
         except UserError as exc:
             log.warning("job %s: provider output unusable: %s", live.id, exc.message)
             return Ending(live.id, State.FAILED, f"The provider's result was unusable: {exc.message}",
                           live.elapsed(), notices=notices)
         return Ending(live.id, State.SUCCEEDED, None, live.elapsed(), finished=finished, notices=notices)
+
+    def _lay_groundwork(self, live: LiveJob) -> None:
+        """Start the finish's groundwork for a job about to end, unless it has it or too many jobs hold theirs."""
+        if live.groundwork is not None:
+            return
+        if sum(1 for other in self.live.values() if other.groundwork is not None) >= _GROUNDWORK_AT_ONCE:
+            return
+        live.groundwork = asyncio.create_task(self._groundwork(live), name=f"fillbot-groundwork-{live.id}")
+
+    async def _groundwork(self, live: LiveJob) -> Groundwork | None:
+        """A head start only: any failure leaves the finish to do the work itself."""
+        try:
+            stored = await self.store.load_inputs(live.id)
+            if stored is None:
+                return None
+            return await self.service.lay_groundwork(live.request, JobInputs(*stored), job_id=live.id)
+        except Exception as exc:
+            log.warning("job %s: finish groundwork not laid ahead (%s: %s)", live.id, type(exc).__name__, exc)
+            return None
 
     # ------------------------------------------------------------------------------------------- writes
     async def _move(self, live: LiveJob, state: State, *, handle: str | None = None) -> None:
@@ -478,6 +508,9 @@ class Runner:
             log.exception("job %s: could not show the database failure", live.id)
 
     def _leave(self, live: LiveJob) -> None:
+        if live.groundwork is not None:
+            live.groundwork.cancel()  # the job ended without its result: its full-size picture is not needed
+            live.groundwork = None
         self.live.pop(live.id, None)
         self._tasks.pop(live.id, None)
         self.store.held.discard(live.id)

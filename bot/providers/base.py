@@ -89,6 +89,7 @@ class Status:
 
     state: State
     progress: float | None = None  # 0..1, only where the provider really reports it
+    remaining: float | None = None  # seconds until done, where the provider's own report tells (at most)
     outputs: tuple[Output, ...] = ()
     dropped: int = 0  # outputs the provider silently withheld (e.g. NSFW drops on flux-fill-dev)
     message: str | None = None

@@ -43,6 +43,7 @@ WEBHOOK_EVENTS = ["start", "output", "logs", "completed"]  # logs carry the prog
 # replicate-python's Prediction.Progress pattern, and cog-flux's length-less tqdm ("28it [00:05, 5.2it/s]").
 _TQDM_PERCENT = re.compile(r"^\s*(\d+)%\s*\|.+?\|\s*(\d+)/(\d+)")
 _TQDM_COUNT = re.compile(r"(\d+)it \[")
+_TQDM_SPEED = re.compile(r"(\d+(?:\.\d+)?)(it/s|s/it)\]\s*$")  # "5.20it/s]", or "1.52s/it]" when slow
 _SEED = re.compile(r"Using seed:\s*(-?\d+)")
 _MODERATION = re.compile(r"nsfw|flagged as sensitive|\bE005\b|content moderation|safety filter", re.IGNORECASE)
 
@@ -69,24 +70,47 @@ class _Asked:
     steps: int | None
 
 
-def parse_progress(logs: str | None, steps: int | None = None) -> float | None:
-    """Progress 0..1 from prediction logs, or None when the logs carry no usable progress.
+@dataclass(frozen=True)
+class Progress:
+    """What a prediction's logs say about its sampling: the fraction done and, where tqdm shows its speed, the
+    seconds of sampling left at that speed (an upper bound: the step under way is partly done)."""
 
-    A tqdm percentage bar wins (replicate-python's rule, last matching line); cog-flux's bare "Nit [" counter
-    only means something against the requested step count, and is kept below 1 because decoding follows.
+    fraction: float
+    remaining: float | None = None
+
+
+def parse_progress(logs: str | None, steps: int | None = None) -> Progress | None:
+    """Progress from prediction logs, or None when the logs carry no usable progress.
+
+    A tqdm bar wins (replicate-python's rule, last matching line), read as its exact "n/total"; cog-flux's
+    bare "Nit [" counter only means something against the requested step count, and is kept below 1 because
+    decoding follows. Sampling done leaves no remaining time to tell: what follows it is not in the logs.
     """
     if not logs:
         return None
     for line in reversed(re.split(r"[\r\n]+", logs)):
         match = _TQDM_PERCENT.match(line)
         if match is not None:
-            return min(1.0, max(0.0, int(match.group(1)) / 100))
+            done, total = int(match.group(2)), int(match.group(3))
+            fraction = done / total if total > 0 else int(match.group(1)) / 100
+            return Progress(min(1.0, max(0.0, fraction)), _sampling_left(line, total - done))
         counted = _TQDM_COUNT.search(line)
         if counted is not None:
             if not steps or steps <= 0:
                 return None
-            return min(0.99, int(counted.group(1)) / steps)
+            done = int(counted.group(1))
+            return Progress(min(0.99, done / steps), _sampling_left(line, steps - done))
     return None
+
+
+def _sampling_left(line: str, steps_left: int) -> float | None:
+    """Seconds for `steps_left` steps at the speed tqdm shows at the end of `line` (None if it shows none)."""
+    speed = _TQDM_SPEED.search(line)
+    if speed is None or steps_left <= 0:
+        return None
+    value = float(speed.group(1))
+    per_step = value if speed.group(2) == "s/it" else 1 / value if value > 0 else None
+    return None if per_step is None else steps_left * per_step
 
 
 def output_refs(output: Any) -> list[str]:
@@ -305,10 +329,13 @@ class ReplicateProvider(HTTPProvider):
         state = State.SUCCEEDED if held and _finished_while_held(data) else _STATES.get(raw)
         if state is None:
             log.info("%s: unknown prediction status %r, treating it as running", self.label, raw)
-            return Status(State.RUNNING, progress=parse_progress(logs, steps), raw_status=raw, extra=extra)
+            state = State.RUNNING
         if state in (State.STARTING, State.RUNNING):
             progress = parse_progress(logs, steps) if state is State.RUNNING else None
-            return Status(state, progress=progress, raw_status=raw, extra=extra)
+            if progress is None:
+                return Status(state, raw_status=raw, extra=extra)
+            return Status(state, progress=progress.fraction, remaining=progress.remaining, raw_status=raw,
+                          extra=extra)
         if state is State.SUCCEEDED:
             refs = output_refs(data.get("output"))
             if data.get("data_removed") is True or data.get("output") is None:

@@ -148,6 +148,51 @@ async def test_replicate_progress_reaches_the_front_end_while_running(database_t
         assert State.QUEUED not in states[states.index(State.SUBMITTING):]
 
 
+async def test_the_finish_groundwork_is_laid_while_the_provider_still_works(tmp_path: Path) -> None:
+    """A job whose logs say it ends soon gets its finish's result-free work done ahead (decoding the upload and
+    the mask, the "before" picture), so only the result's own work is left once it comes."""
+    async with FakeReplicate(duration=1.0, honour_wait=False) as fake, \
+            process(tmp_path / "bot.db", **replicate_env(fake)) as p:
+        laid_at: list[float] = []  # how far into the provider's work the groundwork was asked for
+        given: list[Any] = []
+        lay, finish = p.service.lay_groundwork, p.service.finish
+
+        async def spy_lay(request: Any, inputs: Any, *, job_id: str) -> Any:
+            (prediction,) = fake.predictions.values()
+            laid_at.append(prediction.elapsed())
+            return await lay(request, inputs, job_id=job_id)
+
+        async def spy_finish(*args: Any, groundwork: Any = None, **kwargs: Any) -> Any:
+            given.append(groundwork)
+            return await finish(*args, groundwork=groundwork, **kwargs)
+
+        p.service.lay_groundwork = spy_lay  # type: ignore[method-assign]
+        p.service.finish = spy_finish  # type: ignore[method-assign]
+        ending = await p.ending(await p.submit())
+        assert ending.state is State.SUCCEEDED and ending.finished is not None
+        assert len(laid_at) == 1 and laid_at[0] < fake.duration  # once, before the result existed
+        (groundwork,) = given
+        assert groundwork is not None and groundwork.filled is not None  # the finish took it
+        assert ending.finished.before == groundwork.before
+
+
+async def test_no_groundwork_for_a_job_without_progress_and_none_left_behind(tmp_path: Path) -> None:
+    """Without progress in its logs a job's end cannot be foreseen: the finish does all the work itself."""
+    async with FakeReplicate(duration=0.3, honour_wait=False, logs="none") as fake, \
+            process(tmp_path / "bot.db", **replicate_env(fake)) as p:
+        lay = p.service.lay_groundwork
+        laid: list[str] = []
+
+        async def spy_lay(request: Any, inputs: Any, *, job_id: str) -> Any:
+            laid.append(job_id)
+            return await lay(request, inputs, job_id=job_id)
+
+        p.service.lay_groundwork = spy_lay  # type: ignore[method-assign]
+        ending = await p.ending(await p.submit())
+        assert ending.state is State.SUCCEEDED and ending.finished is not None and ending.finished.before
+        assert laid == [] and not p.lifecycle.runner.live
+
+
 async def test_a_burst_behind_a_small_limit_never_reads_queued_once_sent(tmp_path: Path) -> None:
     """Queue positions are shown, never recorded: a job whose create may have left is never `queued`."""
     async with FakeReplicate(duration=0.5, honour_wait=False) as fake, \

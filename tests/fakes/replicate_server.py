@@ -225,13 +225,18 @@ def tqdm_bar_line(n: int, total: int, rate: float = 4.1) -> str:
     fraction = n / total if total else 1.0
     cells, eighths = divmod(int(fraction * 10 * 8), 8)
     bar = "█" * cells + (" ▏▎▍▌▋▊▉"[eighths] if cells < 10 else "")
-    timing = "00:00<?, ?it/s" if n == 0 else f"{_clock(n / rate)}<{_clock((total - n) / rate)}, {rate:5.2f}it/s"
+    timing = "00:00<?, ?it/s" if n == 0 else f"{_clock(n / rate)}<{_clock((total - n) / rate)}, {_speed(rate)}"
     return f"{fraction * 100:3.0f}%|{bar:<10}| {n}/{total} [{timing}]"
 
 
 def tqdm_count_line(n: int, rate: float = 5.2) -> str:
     """tqdm over an iterable without a length (cog-flux's sampler): `13it [00:03,  4.10it/s]`."""
-    return f"{n}it [00:00, ?it/s]" if n == 0 else f"{n}it [{_clock(n / rate)}, {rate:5.2f}it/s]"
+    return f"{n}it [00:00, ?it/s]" if n == 0 else f"{n}it [{_clock(n / rate)}, {_speed(rate)}]"
+
+
+def _speed(rate: float) -> str:
+    """tqdm's speed: iterations per second, or seconds per iteration below one a second."""
+    return f"{rate:5.2f}it/s" if rate >= 1 else f"{1 / rate:5.2f}s/it"
 
 
 def fill_dev_size(width: int, height: int, megapixels: str = "1") -> tuple[int, int]:
@@ -711,10 +716,11 @@ class FakeReplicate:
         span = max(1e-9, p.duration - p.start_delay)
         fraction = 1.0 if status in ("succeeded", "failed") else min(1.0, (p.elapsed() - p.start_delay) / span)
         done = min(p.steps, int(fraction * p.steps))
+        speed = p.steps / span  # what tqdm shows: the steps' real pace
         if self.logs == "it":
-            lines.extend(tqdm_count_line(n) for n in range(done + 1))
+            lines.extend(tqdm_count_line(n, speed) for n in range(done + 1))
         else:
-            lines.extend(tqdm_bar_line(n, p.steps) for n in range(done + 1))
+            lines.extend(tqdm_bar_line(n, p.steps, speed) for n in range(done + 1))
         if status == "succeeded" and p.model == FILL_DEV:
             shown = len(self._visible_files(p))
             lines.extend(f"NSFW content detected in image {i}" for i in range(shown, len(p.files)))

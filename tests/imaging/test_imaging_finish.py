@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw
 
 from bot.imaging import Limits, encode_mask
 from bot.params import Delivery, EditRequest, FillRequest, MaskOptions
-from bot.pipeline import JobInputs, finish, job_from_sent, prepare_edit, prepare_fill
+from bot.pipeline import JobInputs, finish, job_from_sent, lay_groundwork, prepare_edit, prepare_fill
 
 DISCORD_CAP = 10 * 1024 * 1024 - 64 * 1024  # what the Discord front end passes as max_total_bytes
 
@@ -213,3 +213,31 @@ def test_a_jpeg_result_is_asked_for_exactly_when_the_delivery_is_jpeg(
                                                                                                      (512, 512))
     done = finish([(result, False)], inputs=prepared.inputs, request=request, limits=limits, job_id="q")
     assert (decode(done.images[0].data).format == "JPEG") == (expected is not None)
+
+
+@pytest.mark.parametrize(
+    ("upload", "request_"),
+    [
+        ("photo_coffee_1024x768.jpg", fill_request(outputs=2)),
+        ("photo_astronaut_512x512.png", fill_request(delivery=Delivery(composite=False))),
+        ("photo_chelsea_900x600.webp", EditRequest.build("replicate", "make it night", {})),
+    ],
+    ids=["composite", "no-composite", "edit"],
+)
+def test_groundwork_laid_ahead_finishes_exactly_as_the_finish_alone(
+    testdata: Path, limits: Limits, upload: str, request_: FillRequest | EditRequest
+) -> None:
+    """Laid while the provider works, the groundwork leaves the finish only the results' work: same files,
+    same "before" picture."""
+    data = (testdata / upload).read_bytes()
+    original = decode(data).convert("RGB")
+    mask = encode_mask(ellipse_mask(original.size)) if isinstance(request_, FillRequest) else None
+    inputs = JobInputs(data, mask)
+    count = int(request_.params.get("outputs") or 1)
+    outputs = [(provider_output(original, (512, 384), shift=40 * (n + 1)), False) for n in range(count)]
+    alone = finish(outputs, inputs=inputs, request=request_, limits=limits, job_id="g")
+    ground = lay_groundwork(inputs, request_, limits, "g")
+    assert (ground.filled is not None) == (isinstance(request_, FillRequest) and request_.delivery.composite)
+    ahead = finish(outputs, inputs=inputs, request=request_, limits=limits, job_id="g", groundwork=ground)
+    assert [i.data for i in ahead.images] == [i.data for i in alone.images] and len(ahead.images) == len(outputs)
+    assert ahead.before == alone.before and ahead.before is not None

@@ -20,7 +20,7 @@ from bot.params import REPLICATE_FILL, REPLICATE_KONTEXT, ModelSpec, Value
 from bot.providers import replicate
 from bot.providers.base import Handle, InputImage, Output, ProviderJob, Status
 from bot.providers.http import Downloader, RetryPolicy
-from bot.providers.replicate import ReplicateProvider, output_refs, parse_progress
+from bot.providers.replicate import Progress, ReplicateProvider, output_refs, parse_progress
 from tests.fakes.replicate_server import FILL_DEV, KONTEXT_DEV, FakeReplicate, Fault, fill_dev_size
 
 FAST = RetryPolicy(attempts=4, base_delay=0.01, max_delay=0.05)
@@ -281,11 +281,17 @@ async def test_starting_then_running_with_progress_then_succeeded(make: Any) -> 
     first = await rig.provider.poll(handle)
     assert first.state is State.STARTING and first.progress is None and first.raw_status == "starting"
     states = []
+    timed = 0
     status = first
     while not status.state.terminal:
         status = await rig.provider.poll(handle)
         states.append(status.state)
-    assert State.RUNNING in states and status.state is State.SUCCEEDED
+        if status.state is State.RUNNING and status.remaining is not None:
+            timed += 1
+            # 10 steps over the 0.4 s after the start delay: tqdm shows 25 it/s, so the steps left take 40 ms each.
+            assert status.progress is not None
+            assert status.remaining == pytest.approx((1 - status.progress) * 0.4)
+    assert State.RUNNING in states and status.state is State.SUCCEEDED and timed > 0
     # No submit in this process: the drop count and steps come from the echoed input.
     assert len(status.outputs) == 2 and status.dropped == 0
     assert "predict_time" in status.extra
@@ -643,17 +649,27 @@ async def test_fake_answers_in_the_recorded_shapes(make: Any) -> None:
 # ---- pure parsing -------------------------------------------------------------------------------------------
 
 
+def progress_of(logs: str | None, steps: int | None = None) -> Progress:
+    progress = parse_progress(logs, steps)
+    assert progress is not None
+    return progress
+
+
+def fraction(logs: str | None, steps: int | None = None) -> float:
+    return progress_of(logs, steps).fraction
+
+
 def test_progress_from_tqdm_percentage_bars() -> None:
     logs = "Using seed: 1\n  0%|          | 0/28 [00:00<?, ?it/s]\r 50%|█████     | 14/28 [00:02<00:02, 5.2it/s]"
-    assert parse_progress(logs) == 0.5
-    assert parse_progress(logs + "\r100%|██████████| 28/28 [00:05<00:00, 5.2it/s]\nsaving\n") == 1.0
+    assert fraction(logs) == 0.5
+    assert fraction(logs + "\r100%|██████████| 28/28 [00:05<00:00, 5.2it/s]\nsaving\n") == 1.0
 
 
 def test_progress_from_fill_dev_iteration_counter() -> None:
     logs = "Using seed: 42\r\n0it [00:00, ?it/s]\r7it [00:01, 5.2it/s]\r14it [00:02, 5.2it/s]"
-    assert parse_progress(logs, 28) == 0.5
+    assert fraction(logs, 28) == 0.5
     assert parse_progress(logs, None) is None
-    assert parse_progress("28it [00:05, 5.2it/s]\nTotal safe images: 1 out of 1\n", 28) == 0.99
+    assert fraction("28it [00:05, 5.2it/s]\nTotal safe images: 1 out of 1\n", 28) == 0.99
 
 
 def test_progress_from_recorded_logs() -> None:
@@ -664,16 +680,31 @@ def test_progress_from_recorded_logs() -> None:
         "  2%|\u258f         | 1/50 [00:00<00:31,  1.57it/s]\n"
         " 18%|\u2588\u258a        | 9/50 [00:01<00:03, 11.76it/s]\n"
     )
-    assert parse_progress(logs) == 0.18
+    assert fraction(logs) == 0.18
     assert parse_progress("Using seed: 42069\nPrompt: x\ntxt2img mode\n") is None
     length_less = "Using seed: 24280\nGlobal seed set to 24280\n\n0it [00:00, ?it/s]\n2it [00:00, 12.18it/s]\n"
-    assert parse_progress(length_less, 50) == 0.04  # cjwbw/waifu-diffusion's recorded example
+    assert fraction(length_less, 50) == 0.04  # cjwbw/waifu-diffusion's recorded example
 
 
 def test_progress_absent() -> None:
     assert parse_progress(None, 28) is None
     assert parse_progress("", 28) is None
     assert parse_progress("Running prediction...\nGenerating image...\nGenerated image in 3.1sec", 28) is None
+
+
+def test_remaining_sampling_time_from_tqdm_speed() -> None:
+    """tqdm's speed gives the time left free of the reading's rounding to whole steps: an upper bound, since
+    the step under way is partly done."""
+    recorded = "  0%|          | 0/50 [00:00<?, ?it/s]\n 18%|\u2588\u258a        | 9/50 [00:01<00:03, 11.76it/s]\n"
+    assert progress_of(recorded).remaining == pytest.approx(41 / 11.76)
+    assert progress_of("Using seed: 1\n0it [00:00, ?it/s]\n14it [00:02,  5.20it/s]\n", 28).remaining == (
+        pytest.approx(14 / 5.2))
+    slow = " 10%|\u2588         | 3/30 [00:04<00:41,  1.52s/it]"
+    assert progress_of(slow).remaining == pytest.approx(27 * 1.52)
+    assert progress_of("0it [00:00, ?it/s]\n", 28).remaining is None  # no speed yet
+    assert progress_of("28it [00:05,  5.20it/s]\n", 28).remaining is None  # sampling done: decoding is not timed
+    assert progress_of("100%|\u2588\u2588\u2588\u2588\u2588\u2588\u2588\u2588\u2588\u2588| 28/28 [00:05<00:00, "
+                       "5.20it/s]").remaining is None
 
 
 def test_output_shapes() -> None:
