@@ -82,9 +82,10 @@ def _duration(seconds: float) -> str:
 
 _ETA_MARGIN = 0.03  # poll this long after the predicted end: an early poll costs a request and 0.25 s
 _MIN_POLL = 0.25
-# The finish's groundwork (pipeline.Groundwork) is laid once a job is predicted to end within this long: ready
-# before the result with room to spare, for at most this many jobs at once (each holds a full-size picture).
-_GROUNDWORK_AHEAD = 1.5
+# The finish's groundwork (pipeline.Groundwork) is laid once a job is predicted to end within this long: a
+# running job's progress is read at least every 2 s (the poll cap; the webhooks' wake gap), so its last reading
+# before the end is within it. At most this many jobs hold theirs at once (each holds a full-size picture).
+_GROUNDWORK_AHEAD = _RUNNING_POLL_CAP + 0.5
 _GROUNDWORK_AT_ONCE = 4
 
 

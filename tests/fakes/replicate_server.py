@@ -184,6 +184,9 @@ class Prediction:
         return time.monotonic() - self.created
 
 
+LOGS_EVENT_GAP = 0.5  # Replicate sends `output` and `logs` webhook events at most this often (docs/providers.md §1)
+
+
 def _now_iso() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
@@ -536,7 +539,9 @@ class FakeReplicate:
         prediction = self._make_prediction(model, inputs)
         self.predictions[prediction.id] = prediction
         if isinstance(body.get("webhook"), str) and self.webhook != "lost":
-            task = asyncio.create_task(self._call_back(prediction, body["webhook"]))
+            events = body.get("webhook_events_filter")
+            wanted = set(events) if isinstance(events, list) else {"start", "output", "logs", "completed"}
+            task = asyncio.create_task(self._call_back(prediction, body["webhook"], wanted))
             self._webhook_tasks.add(task)
             task.add_done_callback(self._webhook_tasks.discard)
         if fault is not None and fault.kind == "slow":
@@ -846,15 +851,24 @@ class FakeReplicate:
             return _problem(401, "Unauthenticated", "You did not pass a valid authentication token")
         return web.json_response({"key": self.webhook_secret})
 
-    async def _call_back(self, p: Prediction, url: str) -> None:
-        """The `start` event at once and `completed` when the fake's clock says the prediction ended."""
+    async def _call_back(self, p: Prediction, url: str, events: set[str]) -> None:
+        """The events asked for (all when no filter): `start` at once, `logs` while the model prints progress,
+        at most one per `LOGS_EVENT_GAP` as Replicate throttles them, and `completed` when the fake's clock says
+        the prediction ended."""
         secret = self.webhook_secret
         if self.webhook == "forged":
             secret = "whsec_" + base64.b64encode(b"someone-else-signing-key-32bytes").decode()
         signer = Webhook(secret)
         await asyncio.sleep(0)
-        for delay in (0.0, max(0.0, p.duration - p.elapsed())):
-            await asyncio.sleep(delay)
+        sends = [0.0] if "start" in events else []
+        if "logs" in events and self.logs != "none" and p.model != KONTEXT_DEV:
+            first = p.start_delay + LOGS_EVENT_GAP
+            sends += [first + i * LOGS_EVENT_GAP for i in range(int((p.duration - first) / LOGS_EVENT_GAP) + 1)
+                      if first + i * LOGS_EVENT_GAP < p.duration]
+        if "completed" in events:
+            sends.append(p.duration)
+        for at in sends:
+            await asyncio.sleep(max(0.0, at - p.elapsed()))
             body = json.dumps(self._view(p))
             msg_id = "msg_" + secrets.token_hex(8)
             now = datetime.now(tz=UTC)

@@ -33,7 +33,8 @@ Fake = FakeReplicate | FakeBFL | FakeWaveSpeed
 @asynccontextmanager
 async def fake_provider(name: str) -> AsyncIterator[tuple[Fake, dict[str, str]]]:
     if name == "replicate":
-        async with FakeReplicate(duration=DURATION, honour_wait=False) as rep:
+        # No progress in the logs, so no `logs` events: the deliveries are the start and the end.
+        async with FakeReplicate(duration=DURATION, honour_wait=False, logs="none") as rep:
             yield rep, replicate_env(rep)
     elif name == "bfl":
         async with FakeBFL(duration=DURATION) as bfl:
