@@ -259,7 +259,11 @@ class ReplicateProvider(HTTPProvider):
         if verified is None:
             return None
         final = _STATES.get(str(verified.get("status")), State.RUNNING).terminal
-        return Delivery(id=headers.get("webhook-id", ""), final=final)
+        logs, echoed = verified.get("logs"), verified.get("input")
+        steps = as_int(echoed.get("num_inference_steps")) if isinstance(echoed, Mapping) else None
+        reading = parse_progress(logs, steps) if isinstance(logs, str) else None
+        timed = reading is not None and reading.remaining is not None
+        return Delivery(id=headers.get("webhook-id", ""), final=final, timed=timed)
 
     def _poll_target(self, handle: Handle) -> str:
         """The prediction under the configured base (never `urls.get`, which may point at another host)."""

@@ -2,7 +2,8 @@
 
 A verified delivery only wakes the job's poll loop (`Provider.settle`); the runner then fetches the job with the
 API key, so nothing in a webhook body is believed. Repeats are dropped by delivery id, and while a job runs,
-progress deliveries wake it at most once per `wake_gap` (Replicate sends logs twice a second).
+progress deliveries wake it at most once per `wake_gap` (Replicate sends logs twice a second), except the first one
+that tells when the job will end.
 """
 
 from __future__ import annotations
@@ -35,10 +36,12 @@ _SEEN_PER_JOB = 64
 
 @dataclass(frozen=True)
 class Delivery:
-    """One verified webhook: its id (to drop repeats) and whether its signed body says the job ended."""
+    """One verified webhook: its id (to drop repeats), whether its signed body says the job ended, and whether it
+    shows progress that tells when the job will end (a reading worth taking at once)."""
 
     id: str
     final: bool
+    timed: bool = False
 
 
 @dataclass
@@ -49,6 +52,7 @@ class _Watch:
     event: asyncio.Event = field(default_factory=asyncio.Event)
     seen: OrderedDict[str, None] = field(default_factory=OrderedDict)
     last_wake: float = float("-inf")
+    timed: bool = False  # a delivery showing when the job will end has woken it
 
 
 class WebhookHub:
@@ -105,8 +109,12 @@ class WebhookHub:
         while len(watch.seen) > _SEEN_PER_JOB:
             watch.seen.popitem(last=False)
         now = self.clock()
-        if not delivery.final and now - watch.last_wake < self.wake_gap:
+        # The first delivery that tells when the job will end wakes it at once, whatever the gap: the reading
+        # it takes times the job's last poll and the finish's groundwork (runner.py).
+        first_timed = delivery.timed and not watch.timed
+        if not delivery.final and not first_timed and now - watch.last_wake < self.wake_gap:
             return False
+        watch.timed = watch.timed or delivery.timed
         watch.last_wake = now
         watch.event.set()
         return True

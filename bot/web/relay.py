@@ -41,7 +41,7 @@ async def relay(storage: Storage, provider: Provider, token: str, body: bytes, h
         delivery = await provider.verify_webhook(Callback(token), body, headers)
         if delivery is None:
             return False
-        message["id"], message["final"] = delivery.id, delivery.final
+        message["id"], message["final"], message["timed"] = delivery.id, delivery.final, delivery.timed
     await storage.notify(CHANNEL, json.dumps(message))
     return True
 
@@ -88,5 +88,5 @@ class RelayListener:
                 log.warning("%s webhook relayed for one of this worker's jobs failed verification", name)
                 return
         else:
-            delivery = Delivery(str(message.get("id", "")), bool(message.get("final")))
+            delivery = Delivery(str(message.get("id", "")), bool(message.get("final")), bool(message.get("timed")))
         self.hub.deliver(name, callback, delivery)

@@ -5,20 +5,23 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
 import re
 from collections.abc import AsyncIterator, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
 from PIL import Image
+from standardwebhooks.webhooks import Webhook
 
 from bot.config import ProviderSettings, Secret
 from bot.errors import ConfigError, ProviderError
 from bot.lifecycle.states import State
 from bot.params import REPLICATE_FILL, REPLICATE_KONTEXT, ModelSpec, Value
 from bot.providers import replicate
-from bot.providers.base import Handle, InputImage, Output, ProviderJob, Status
+from bot.providers.base import Callback, Handle, InputImage, Output, ProviderJob, Status
 from bot.providers.http import Downloader, RetryPolicy
 from bot.providers.replicate import Progress, ReplicateProvider, output_refs, parse_progress
 from tests.fakes.replicate_server import FILL_DEV, KONTEXT_DEV, FakeReplicate, Fault, fill_dev_size
@@ -267,6 +270,36 @@ async def test_every_output_dropped_is_reported_as_dropped(make: Any) -> None:
     rig = await make(duration=0.05, nsfw_drops=2)
     _, status = await rig.run(fill_job(outputs=2))
     assert status.state is State.SUCCEEDED and status.outputs == () and status.dropped == 2
+
+
+# ---- webhooks -----------------------------------------------------------------------------------------------
+
+
+async def test_a_signed_delivery_says_whether_it_ended_and_whether_it_tells_when(make: Any) -> None:
+    """`timed`: the logs show tqdm's speed, so a reading now predicts the end (the hub lets the first one wake
+    the job at once); an unsigned body is nothing."""
+    rig = await make()
+    signer = Webhook(rig.fake.webhook_secret)
+
+    async def delivered(body: dict[str, Any], secret: Webhook = signer) -> Any:
+        raw = json.dumps(body)
+        now = datetime.now(tz=UTC)
+        headers = {"webhook-id": "msg_1", "webhook-timestamp": str(int(now.timestamp())),
+                   "webhook-signature": secret.sign("msg_1", now, raw)}
+        return await rig.provider.verify_webhook(Callback("t"), raw.encode(), headers)
+
+    steps = {"num_inference_steps": 28}
+    start = await delivered({"id": "p", "status": "starting", "logs": "", "input": steps})
+    assert start is not None and (start.final, start.timed) == (False, False)
+    counting = await delivered({"id": "p", "status": "processing", "input": steps,
+                                "logs": "Using seed: 1\n0it [00:00, ?it/s]\n7it [00:01,  5.20it/s]\n"})
+    assert counting is not None and (counting.final, counting.timed) == (False, True)
+    unsized = await delivered({"id": "p", "status": "processing", "logs": "0it [00:00, ?it/s]\n", "input": steps})
+    assert unsized is not None and not unsized.timed
+    done = await delivered({"id": "p", "status": "succeeded", "logs": "28it [00:05,  5.20it/s]\n", "input": steps})
+    assert done is not None and (done.final, done.timed) == (True, False)
+    forged = Webhook("whsec_" + base64.b64encode(b"someone-else-signing-key-32bytes").decode())
+    assert await delivered({"id": "p", "status": "succeeded"}, forged) is None
 
 
 # ---- statuses -----------------------------------------------------------------------------------------------
