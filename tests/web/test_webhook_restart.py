@@ -50,8 +50,9 @@ def creates(fake: Fake) -> int:
     return sum(1 for r in fake.requests if r.server == "api" and r.method == "POST")
 
 
-async def killed_child(tmp_path: Path, provider: str, port: int, env: dict[str, str]) -> str:
-    """Run a bot process until the provider has its job, then SIGKILL it; the job's id."""
+async def killed_child(tmp_path: Path, provider: str, port: int, env: dict[str, str], fake: Fake) -> str:
+    """Run a bot process until the provider has its job (and the child has answered Replicate's `start` event,
+    which would otherwise be retried into the next bot), then SIGKILL it; the job's id."""
     config = tmp_path / "child.json"
     config.write_text(json.dumps({"db": str(tmp_path / "bot.db"), "port": port, "fallback": FALLBACK,
                                   "provider": provider, "env": {**env, "JOB_LEASE_SECONDS": "1.0"}}))
@@ -63,6 +64,8 @@ async def killed_child(tmp_path: Path, provider: str, port: int, env: dict[str, 
     assert proc.stdout is not None
     try:
         line = await asyncio.wait_for(proc.stdout.readline(), 30)
+        if isinstance(fake, FakeReplicate):
+            await until(lambda: bool(fake.webhook_answers), within=10, what="the start event answered")
     finally:
         proc.kill()  # SIGKILL: no clean shutdown, whatever state it is in
         await proc.wait()
@@ -75,7 +78,7 @@ async def killed_child(tmp_path: Path, provider: str, port: int, env: dict[str, 
 async def test_a_job_waiting_on_a_webhook_is_woken_after_a_restart(tmp_path: Path, provider: str) -> None:
     port = _free_port()
     async with fake_provider(provider) as (fake, env):
-        job_id = await killed_child(tmp_path, provider, port, env)
+        job_id = await killed_child(tmp_path, provider, port, env, fake)
         answers_before = list(fake.webhook_answers)
         assert 200 not in answers_before[1:]  # nothing final reached the dead process
         async with web_process(tmp_path / "bot.db", port=port, fallback=FALLBACK,
