@@ -84,6 +84,7 @@ def _duration(seconds: float) -> str:
 # late by the part of the current step done when it was read, so this only covers timing noise.
 _ETA_MARGIN = 0.01
 _MIN_POLL = 0.25
+_WAKE_EARLY = 0.03
 # The finish's groundwork (pipeline.Groundwork) is laid once a job is predicted to end within this long: a
 # running job's progress is read at least every 2 s (the poll cap; the webhooks' wake gap), so its last reading
 # before the end is within it. At most this many jobs hold theirs at once (each holds a full-size picture).
@@ -310,12 +311,13 @@ class Runner:
         deadline = self.clock() + self.deadline
         polls = failures = 0
         asked_wait = 0.0  # a rate-limited poll's own hint: the next poll waits at least that long
-        eta = _Eta(self.clock())
+        read_at = self.clock()  # when the last answer came: the next poll's delay counts from there
+        eta = _Eta(read_at)
         while status is None or not status.state.terminal:
             expected: float | None = None
             if status is not None:
                 await self._observe(live, status)
-                expected = eta.remaining(self.clock(), status.progress)
+                expected = eta.remaining(read_at, status.progress)
                 if status.remaining is not None:
                     expected = status.remaining  # the provider's own speed, free of the readings' rounding
                 if expected is not None and expected <= _GROUNDWORK_AHEAD:
@@ -334,7 +336,7 @@ class Runner:
             backoff = provider.fallback_poll(handle) or min(self.poll_interval * _BACKOFF ** min(polls, 32), cap)
             if expected is not None:
                 backoff = min(backoff, max(expected + _ETA_MARGIN, _MIN_POLL))
-            delay = min(max(backoff, asked_wait), remaining)
+            delay = min(max(backoff, asked_wait), remaining) - (self.clock() - read_at)
             asked_wait = 0.0
             if await self._wait(live, provider, handle, delay):
                 continue  # canceled meanwhile
@@ -348,19 +350,33 @@ class Runner:
                     raise _Stop(await self._end(live, failure_state(exc), exc.message)) from None
                 asked_wait = exc.retry_after or 0.0
                 log.warning("job %s: poll failed (%s), will retry: %s", live.id, exc.kind, exc.message)
+            finally:
+                read_at = self.clock()
         return await self._collect(live, provider, status)
 
     async def _wait(self, live: LiveJob, provider: Provider, handle: Handle, delay: float) -> bool:
-        """Wait `delay` (or less, if the provider signals news); True if the job was canceled meanwhile."""
+        """Wait `delay` (or less, if the provider signals news); True if the job was canceled meanwhile, here or
+        from another process."""
         settle = asyncio.ensure_future(provider.settle(handle))
         canceled = asyncio.ensure_future(live.cancel.wait())
+        news = {settle, canceled}
+        until = self.clock() + delay
+        asked: asyncio.Future[bool] | None = None
         try:
-            await asyncio.wait({settle, canceled}, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+            # A timer after a second of idling fires ~8 ms late on a VM (vCPU wake-up). Waking _WAKE_EARLY
+            # before the end, the database is asked about a cancel from another process while the rest is
+            # slept awake, so the poll after this goes out on time and is not held up by that look-up.
+            await asyncio.wait(news, timeout=max(0.0, delay - _WAKE_EARLY), return_when=asyncio.FIRST_COMPLETED)
+            asked = asyncio.ensure_future(self.store.cancel_requested(live.id))
+            if not (settle.done() or canceled.done()):
+                await asyncio.wait(news, timeout=max(0.0, until - self.clock()), return_when=asyncio.FIRST_COMPLETED)
+            if await asked:
+                live.cancel.set()
         finally:
             settle.cancel()
             canceled.cancel()
-        if not live.cancel.is_set() and await self.store.cancel_requested(live.id):
-            live.cancel.set()  # asked from another process
+            if asked is not None:
+                asked.cancel()
         return live.cancel.is_set()
 
     async def _observe(self, live: LiveJob, status: Status) -> None:
