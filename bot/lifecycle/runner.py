@@ -338,12 +338,15 @@ class Runner:
                 backoff = min(backoff, max(expected + _ETA_MARGIN, _MIN_POLL))
             delay = min(max(backoff, asked_wait), remaining) - (self.clock() - read_at)
             asked_wait = 0.0
-            if await self._wait(live, provider, handle, delay):
+            look_after = await self._wait(live, provider, handle, delay)
+            if live.cancel.is_set():
                 continue  # canceled meanwhile
             polls += 1
             try:
                 status = await provider.poll(handle)
                 failures = 0
+                if look_after and await self.store.cancel_requested(live.id):
+                    live.cancel.set()  # asked from another process; seen after the poll the provider's news wanted
             except ProviderError as exc:
                 failures += 1
                 if exc.kind not in _TRANSIENT or failures >= _MAX_POLL_FAILURES:
@@ -355,8 +358,9 @@ class Runner:
         return await self._collect(live, provider, status)
 
     async def _wait(self, live: LiveJob, provider: Provider, handle: Handle, delay: float) -> bool:
-        """Wait `delay` (or less, if the provider signals news); True if the job was canceled meanwhile, here or
-        from another process."""
+        """Wait `delay`, or less if the provider signals news or the job is canceled here. Near its end a wait
+        looks for a cancel from another process (noted on `live`); cut short by news, it leaves that to the
+        caller after its poll (True), so the news is not held up."""
         settle = asyncio.ensure_future(provider.settle(handle))
         canceled = asyncio.ensure_future(live.cancel.wait())
         news = {settle, canceled}
@@ -364,20 +368,21 @@ class Runner:
         asked: asyncio.Future[bool] | None = None
         try:
             # A timer after a second of idling fires ~8 ms late on a VM (vCPU wake-up). Waking _WAKE_EARLY
-            # before the end, the database is asked about a cancel from another process while the rest is
-            # slept awake, so the poll after this goes out on time and is not held up by that look-up.
+            # before the end, the database look-up runs while the rest is slept awake, so the poll after this
+            # goes out on time and is not held up by it.
             await asyncio.wait(news, timeout=max(0.0, delay - _WAKE_EARLY), return_when=asyncio.FIRST_COMPLETED)
+            if settle.done() or canceled.done():
+                return settle.done()
             asked = asyncio.ensure_future(self.store.cancel_requested(live.id))
-            if not (settle.done() or canceled.done()):
-                await asyncio.wait(news, timeout=max(0.0, until - self.clock()), return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(news, timeout=max(0.0, until - self.clock()), return_when=asyncio.FIRST_COMPLETED)
             if await asked:
                 live.cancel.set()
+            return False
         finally:
             settle.cancel()
             canceled.cancel()
             if asked is not None:
                 asked.cancel()
-        return live.cancel.is_set()
 
     async def _observe(self, live: LiveJob, status: Status) -> None:
         if status.state is not live.state and allowed(live.state, status.state):
