@@ -16,6 +16,7 @@ PREVIEW_QUALITY = 80
 TINT = (255, 0, 200)
 TINT_STRENGTH = 0.45
 _CHECKER = 8  # px squares behind transparent parts, like image editors show them
+_SQUARES = np.kron(np.array([[204, 153], [153, 204]], dtype=np.uint8), np.ones((_CHECKER, _CHECKER), np.uint8))
 _THRESHOLD = [0] * 128 + [255] * 128
 BEFORE_NAME = "before.jpg"
 BEFORE_SIDE = 320
@@ -30,8 +31,7 @@ def mask_preview(image: Image.Image, mask: Image.Image, *, max_side: int = 640) 
     """
     scale = min(1.0, max_side / max(image.size))
     size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-    small = image if size == image.size else image.resize(size, Image.Resampling.BILINEAR, reducing_gap=1.0)
-    small = _flatten(small)
+    small = _flatten(image if size == image.size else _shrink(image, size))
     area = mask if mask.mode == "L" else mask.convert("L")
     if area.size != size:
         area = area.resize(size, Image.Resampling.BILINEAR, reducing_gap=1.0)
@@ -63,13 +63,22 @@ def before_preview(original: bytes, mask: bytes | None, *, max_side: int = BEFOR
         return encode(_flatten(image), PREVIEW_FORMAT, quality=PREVIEW_QUALITY)
 
 
+def _shrink(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """OpenCV's area average: 4x faster than Pillow's resize on a 1440x1440 RGBA picture, which premultiplies the
+    full-size picture first. Unpremultiplied, the colour under transparent pixels may tint their edge, where the
+    preview draws its outline anyway."""
+    if image.mode not in ("L", "RGB", "RGBA"):
+        image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
+    return Image.fromarray(cv2.resize(np.asarray(image), size, interpolation=cv2.INTER_AREA), image.mode)
+
+
 def _flatten(image: Image.Image) -> Image.Image:
     """RGB for display: transparent parts over a grey checkerboard."""
     if image.mode == "RGB":
         return image
     if image.mode != "RGBA":
         return image.convert("RGB")
-    ys, xs = np.indices((image.height, image.width))
-    squares = np.where((ys // _CHECKER + xs // _CHECKER) % 2 == 0, 204, 153).astype(np.uint8)
+    reps = (image.height // len(_SQUARES) + 1, image.width // len(_SQUARES) + 1)
+    squares = np.tile(_SQUARES, reps)[: image.height, : image.width]
     backdrop = Image.fromarray(squares).convert("RGBA")
     return Image.alpha_composite(backdrop, image).convert("RGB")
