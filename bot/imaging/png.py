@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import os
 import struct
+import threading
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 
@@ -26,6 +27,7 @@ _MIN_BAND = 1 << 20  # bytes of filtered rows below which a band is not worth a 
 _SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 _helpers: ThreadPoolExecutor | None = None
+_helpers_made = threading.Lock()  # picture threads may write their first PNGs at the same moment
 
 
 def png_bytes(image: Image.Image) -> bytes:
@@ -66,9 +68,11 @@ def _deflate_all(bands: list[memoryview]) -> list[bytes]:
     global _helpers
     if len(bands) == 1:
         return [_deflate(bands[0])]
-    if _helpers is None:
-        _helpers = ThreadPoolExecutor(max_workers=max(1, len(bands) - 1), thread_name_prefix="fillbot-png")
-    others = [_helpers.submit(_deflate, band) for band in bands[1:]]
+    with _helpers_made:
+        if _helpers is None:
+            _helpers = ThreadPoolExecutor(max_workers=max(1, _cores() - 1), thread_name_prefix="fillbot-png")
+        helpers = _helpers
+    others = [helpers.submit(_deflate, band) for band in bands[1:]]
     first = _deflate(bands[0])
     return [first, *(other.result() for other in others)]
 

@@ -68,3 +68,19 @@ def test_bands_join_into_one_valid_zlib_stream(monkeypatch: pytest.MonkeyPatch, 
 def test_other_modes_are_refused() -> None:
     with pytest.raises(ValueError, match="L, RGB or RGBA"):
         png.png_bytes(Image.new("P", (4, 4)))
+
+
+def test_pictures_written_at_the_same_time_from_several_threads_come_back_exactly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The picture pool writes PNGs on every thread at once; they share the helper threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setattr(png, "_cores", lambda: 2)
+    monkeypatch.setattr(png, "_helpers", None)
+    pictures = [noise("RGB", (800, 600), seed=seed) for seed in range(4)]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        written = list(pool.map(png.png_bytes, pictures))
+    for picture, data in zip(pictures, written, strict=True):
+        with Image.open(io.BytesIO(data)) as back:
+            assert np.array_equal(np.asarray(back), np.asarray(picture))
