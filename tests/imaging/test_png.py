@@ -78,7 +78,7 @@ def test_pictures_written_at_the_same_time_from_several_threads_come_back_exactl
 
     monkeypatch.setattr(png, "_cores", lambda: 2)
     monkeypatch.setattr(png, "_helpers", None)
-    pictures = [noise("RGB", (800, 600), seed=seed) for seed in range(4)]
+    pictures = [noise("RGB", (1100, 1000), seed=seed) for seed in range(4)]  # two bands each
     with ThreadPoolExecutor(max_workers=4) as pool:
         written = list(pool.map(png.png_bytes, pictures))
     for picture, data in zip(pictures, written, strict=True):
