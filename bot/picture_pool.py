@@ -26,7 +26,12 @@ T = TypeVar("T")
 NICENESS = 10  # how far below the event loop the picture threads run, in Linux nice steps
 
 
-def _lower_priority() -> None:
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity, which containers and `taskset` narrow)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def lower_priority() -> None:
     """Run this thread below the event loop: Linux schedules threads on their own, and picture work that took its
     fair share of the CPU from the loop delayed polls, downloads and Discord replies by a second under load."""
     try:
@@ -88,7 +93,7 @@ class PicturePool:
             thread.start()
 
     def _serve(self) -> None:
-        _lower_priority()
+        lower_priority()
         while True:
             _work, _seq, future, call = self._queue.get()
             if future is None or call is None:

@@ -271,7 +271,7 @@ def finish(
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fillbot-results") as side:
         pending = [data for data, _flagged in outputs]
         ahead = side.submit(_result, pending.pop(0), limits) if pending else None
-        ground = groundwork or lay_groundwork(inputs, request, limits, job_id, pixels)
+        ground = groundwork if groundwork is not None else lay_groundwork(inputs, request, limits, job_id, pixels)
         results: list[Image.Image] = []
         size = _original_size(inputs, limits) if ground.filled is None and isinstance(request, FillRequest) else None
         while ahead is not None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
@@ -21,7 +20,7 @@ from bot.errors import UserError
 from bot.imaging import Limits
 from bot.imaging.spool import PixelSpool
 from bot.params import EditRequest, FillRequest, MaskOptions
-from bot.picture_pool import PicturePool, Work
+from bot.picture_pool import PicturePool, Work, usable_cpus
 from bot.pipeline import (
     Finished,
     Groundwork,
@@ -45,10 +44,6 @@ MAX_DOWNLOAD_SECONDS = 120.0  # one result file's whole download, within JOB_DEA
 T = TypeVar("T")
 
 
-def _cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def build_providers(
     settings: Settings, downloader: Downloader, transport: httpx.AsyncBaseTransport | None = None
 ) -> dict[str, Provider]:
@@ -69,7 +64,7 @@ class FillService:
         # of CPU and the GIL until acknowledgements missed Discord's 3-second window (bench/bench_bot.py); it
         # also queued the DNS lookups aiohttp and httpx run in that pool behind seconds of image work. Finishing
         # goes before preparing (picture_pool.py).
-        self._pictures = PicturePool(_cpu_count())
+        self._pictures = PicturePool(usable_cpus())
         self.pixels = PixelSpool(settings.pixel_cache_bytes) if settings.pixel_cache_bytes else None
         self.limits = Limits(max_bytes=settings.max_attachment_bytes, max_pixels=settings.max_image_pixels)
         self.downloader = Downloader(

@@ -11,7 +11,6 @@ instead of 53, for the same 3.0 MB. zlib releases the GIL while it compresses, s
 from __future__ import annotations
 
 import itertools
-import os
 import struct
 import threading
 import zlib
@@ -19,6 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from PIL import Image
+
+from bot.picture_pool import lower_priority, usable_cpus
 
 _COLOUR_TYPES = {"L": (0, 1), "RGB": (2, 3), "RGBA": (6, 4)}  # mode -> (PNG colour type, bytes per pixel)
 _UP = 2  # PNG filter type: each byte minus the one above it
@@ -53,24 +54,21 @@ def png_bytes(image: Image.Image) -> bytes:
 
 def _bands(filtered: np.ndarray) -> list[memoryview]:
     """The filtered rows cut into up to one band per core, whole rows each."""
-    count = max(1, min(_cores(), filtered.size // _MIN_BAND, filtered.shape[0]))
+    count = max(1, min(usable_cpus(), filtered.size // _MIN_BAND, filtered.shape[0]))
     edges = np.linspace(0, filtered.shape[0], count + 1).astype(int)
     return [filtered[a:b].data.cast("B") for a, b in itertools.pairwise(edges.tolist())]
 
 
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def _deflate_all(bands: list[memoryview]) -> list[bytes]:
-    """Each band deflated on its own; the caller's thread takes the first, helper threads the others (they are
-    started by the first caller and so run at its priority: the picture pool's, in the bot)."""
+    """Each band deflated on its own; the caller's thread takes the first, helper threads the others (below the
+    event loop's priority, like the picture pool's)."""
     global _helpers
     if len(bands) == 1:
         return [_deflate(bands[0])]
     with _helpers_made:
         if _helpers is None:
-            _helpers = ThreadPoolExecutor(max_workers=max(1, _cores() - 1), thread_name_prefix="fillbot-png")
+            _helpers = ThreadPoolExecutor(max_workers=max(1, usable_cpus() - 1), thread_name_prefix="fillbot-png",
+                                          initializer=lower_priority)
         helpers = _helpers
     others = [helpers.submit(_deflate, band) for band in bands[1:]]
     first = _deflate(bands[0])

@@ -130,7 +130,7 @@ class LiveJob:
     position: int | None = None
     progress: float | None = None
     handle: Handle | None = None
-    groundwork: asyncio.Task[Groundwork | None] | None = None
+    groundwork: asyncio.Task[tuple[JobInputs, Groundwork] | None] | None = None
 
     @property
     def id(self) -> str:
@@ -252,11 +252,11 @@ class Runner:
         sent = await self.store.load_sent(live.id)
         if sent is not None:  # prepared at admission: sent as it was, no picture work again
             return job_from_sent(live.request, *sent)
-        stored = await self.store.load_inputs(live.id)
-        if stored is None:
+        inputs = await self._inputs(live)
+        if inputs is None:
             raise _Stop(await self._end(live, State.FAILED, MSG_INPUTS_GONE))
         try:
-            return (await self.service.prepare(live.request, JobInputs(*stored))).job
+            return (await self.service.prepare(live.request, inputs)).job
         except UserError as exc:
             raise _Stop(await self._end(live, State.FAILED, exc.message)) from None
 
@@ -447,19 +447,24 @@ class Runner:
         notices = live.record.notices
         if not files:
             return Ending(live.id, State.FAILED, MSG_INPUTS_GONE, live.elapsed(), notices=notices)
-        stored = await self.store.load_inputs(live.id)
-        if stored is None:
+        laying, live.groundwork = live.groundwork, None
+        laid = await laying if laying is not None else None
+        inputs, groundwork = laid if laid is not None else (await self._inputs(live), None)
+        if inputs is None:
             return Ending(live.id, State.FAILED, MSG_INPUTS_GONE, live.elapsed(), notices=notices)
-        groundwork, live.groundwork = live.groundwork, None
         try:
-            finished = await self.service.finish(live.request, JobInputs(*stored), files, job_id=live.id,
+            finished = await self.service.finish(live.request, inputs, files, job_id=live.id,
                                                  max_total_bytes=getattr(live.sink, "max_total_bytes", None),
-                                                 groundwork=await groundwork if groundwork is not None else None)
+                                                 groundwork=groundwork)
         except UserError as exc:
             log.warning("job %s: provider output unusable: %s", live.id, exc.message)
             return Ending(live.id, State.FAILED, f"The provider's result was unusable: {exc.message}",
                           live.elapsed(), notices=notices)
         return Ending(live.id, State.SUCCEEDED, None, live.elapsed(), finished=finished, notices=notices)
+
+    async def _inputs(self, live: LiveJob) -> JobInputs | None:
+        stored = await self.store.load_inputs(live.id)
+        return None if stored is None else JobInputs(*stored)
 
     def _lay_groundwork(self, live: LiveJob) -> None:
         """Start the finish's groundwork for a job about to end, unless it has it or too many jobs hold theirs."""
@@ -469,13 +474,14 @@ class Runner:
             return
         live.groundwork = asyncio.create_task(self._groundwork(live), name=f"fillbot-groundwork-{live.id}")
 
-    async def _groundwork(self, live: LiveJob) -> Groundwork | None:
-        """A head start only: any failure leaves the finish to do the work itself."""
+    async def _groundwork(self, live: LiveJob) -> tuple[JobInputs, Groundwork] | None:
+        """The job's inputs and the groundwork laid from them (the finish reads neither again); a head start only:
+        any failure leaves the finish to do the work itself."""
         try:
-            stored = await self.store.load_inputs(live.id)
-            if stored is None:
+            inputs = await self._inputs(live)
+            if inputs is None:
                 return None
-            return await self.service.lay_groundwork(live.request, JobInputs(*stored), job_id=live.id)
+            return inputs, await self.service.lay_groundwork(live.request, inputs, job_id=live.id)
         except Exception as exc:
             log.warning("job %s: finish groundwork not laid ahead (%s: %s)", live.id, type(exc).__name__, exc)
             return None

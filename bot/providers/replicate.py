@@ -71,7 +71,7 @@ class _Asked:
 
 
 @dataclass(frozen=True)
-class Progress:
+class LogProgress:
     """What a prediction's logs say about its sampling: the fraction done and, where tqdm shows its speed, the
     seconds of sampling left at that speed (an upper bound: the step under way is partly done)."""
 
@@ -79,7 +79,7 @@ class Progress:
     remaining: float | None = None
 
 
-def parse_progress(logs: str | None, steps: int | None = None) -> Progress | None:
+def parse_progress(logs: str | None, steps: int | None = None) -> LogProgress | None:
     """Progress from prediction logs, or None when the logs carry no usable progress.
 
     A tqdm bar wins (replicate-python's rule, last matching line), read as its exact "n/total"; cog-flux's
@@ -93,14 +93,24 @@ def parse_progress(logs: str | None, steps: int | None = None) -> Progress | Non
         if match is not None:
             done, total = int(match.group(2)), int(match.group(3))
             fraction = done / total if total > 0 else int(match.group(1)) / 100
-            return Progress(min(1.0, max(0.0, fraction)), _sampling_left(line, total - done))
+            return LogProgress(min(1.0, max(0.0, fraction)), _sampling_left(line, total - done))
         counted = _TQDM_COUNT.search(line)
         if counted is not None:
             if not steps or steps <= 0:
                 return None
             done = int(counted.group(1))
-            return Progress(min(0.99, done / steps), _sampling_left(line, steps - done))
+            return LogProgress(min(0.99, done / steps), _sampling_left(line, steps - done))
     return None
+
+
+def _reading(data: Mapping[str, Any], asked: _Asked | None) -> LogProgress | None:
+    """A prediction's progress from its logs, counted against the steps we asked for (else the echoed input's)."""
+    echoed = data.get("input")
+    steps = asked.steps if asked and asked.steps else None
+    if steps is None and isinstance(echoed, Mapping):
+        steps = as_int(echoed.get("num_inference_steps"))
+    logs = data.get("logs")
+    return parse_progress(logs, steps) if isinstance(logs, str) else None
 
 
 def _sampling_left(line: str, steps_left: int) -> float | None:
@@ -259,9 +269,7 @@ class ReplicateProvider(HTTPProvider):
         if verified is None:
             return None
         final = _STATES.get(str(verified.get("status")), State.RUNNING).terminal
-        logs, echoed = verified.get("logs"), verified.get("input")
-        steps = as_int(echoed.get("num_inference_steps")) if isinstance(echoed, Mapping) else None
-        reading = parse_progress(logs, steps) if isinstance(logs, str) else None
+        reading = _reading(verified, self._asked.get(str(verified.get("id"))))
         timed = reading is not None and reading.remaining is not None
         return Delivery(id=headers.get("webhook-id", ""), final=final, timed=timed)
 
@@ -327,7 +335,6 @@ class ReplicateProvider(HTTPProvider):
         echoed_raw = data.get("input")
         echoed: Mapping[str, Any] = echoed_raw if isinstance(echoed_raw, Mapping) else {}
         wanted = asked.outputs if asked else as_int(echoed.get("num_outputs")) or 1
-        steps = asked.steps if asked and asked.steps else as_int(echoed.get("num_inference_steps"))
         logs = data.get("logs") if isinstance(data.get("logs"), str) else None
         extra = self._extra(data, logs)
         state = State.SUCCEEDED if held and _finished_while_held(data) else _STATES.get(raw)
@@ -335,7 +342,7 @@ class ReplicateProvider(HTTPProvider):
             log.info("%s: unknown prediction status %r, treating it as running", self.label, raw)
             state = State.RUNNING
         if state in (State.STARTING, State.RUNNING):
-            progress = parse_progress(logs, steps) if state is State.RUNNING else None
+            progress = _reading(data, asked) if state is State.RUNNING else None
             if progress is None:
                 return Status(state, raw_status=raw, extra=extra)
             return Status(state, progress=progress.fraction, remaining=progress.remaining, raw_status=raw,

@@ -166,11 +166,20 @@ async def test_the_finish_groundwork_is_laid_while_the_provider_still_works(tmp_
             given.append(groundwork)
             return await finish(*args, groundwork=groundwork, **kwargs)
 
+        store = p.lifecycle.runner.store
+        load_inputs, reads = store.load_inputs, []
+
+        async def spy_load(job_id: str) -> Any:
+            reads.append(job_id)
+            return await load_inputs(job_id)
+
         p.service.lay_groundwork = spy_lay  # type: ignore[method-assign]
         p.service.finish = spy_finish  # type: ignore[method-assign]
+        store.load_inputs = spy_load  # type: ignore[method-assign]
         ending = await p.ending(await p.submit())
         assert ending.state is State.SUCCEEDED and ending.finished is not None
         assert len(laid_at) == 1 and laid_at[0] < fake.duration  # once, before the result existed
+        assert len(reads) == 1  # the finish uses the inputs the groundwork read
         (groundwork,) = given
         assert groundwork is not None and groundwork.filled is not None  # the finish took it
         assert ending.finished.before == groundwork.before

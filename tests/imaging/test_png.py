@@ -54,7 +54,7 @@ def test_pixels_come_back_exactly(mode: str, size: tuple[int, int]) -> None:
 @pytest.mark.parametrize("cores", [1, 2, 3])
 def test_bands_join_into_one_valid_zlib_stream(monkeypatch: pytest.MonkeyPatch, cores: int) -> None:
     """However many cores share the work, the stream inflates (adler32 checked) to the Up-filtered rows."""
-    monkeypatch.setattr(png, "_cores", lambda: cores)
+    monkeypatch.setattr(png, "usable_cpus", lambda: cores)
     picture = noise("RGB", (1100, 1000))
     rows = np.asarray(picture).reshape(1000, 3300)
     assert len(png._bands(np.zeros((1000, 3301), np.uint8))) == cores
@@ -76,7 +76,7 @@ def test_pictures_written_at_the_same_time_from_several_threads_come_back_exactl
     """The picture pool writes PNGs on every thread at once; they share the helper threads."""
     from concurrent.futures import ThreadPoolExecutor
 
-    monkeypatch.setattr(png, "_cores", lambda: 2)
+    monkeypatch.setattr(png, "usable_cpus", lambda: 2)
     monkeypatch.setattr(png, "_helpers", None)
     pictures = [noise("RGB", (1100, 1000), seed=seed) for seed in range(4)]  # two bands each
     with ThreadPoolExecutor(max_workers=4) as pool:

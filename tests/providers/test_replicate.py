@@ -23,7 +23,7 @@ from bot.params import REPLICATE_FILL, REPLICATE_KONTEXT, ModelSpec, Value
 from bot.providers import replicate
 from bot.providers.base import Callback, Handle, InputImage, Output, ProviderJob, Status
 from bot.providers.http import Downloader, RetryPolicy
-from bot.providers.replicate import Progress, ReplicateProvider, output_refs, parse_progress
+from bot.providers.replicate import LogProgress, ReplicateProvider, output_refs, parse_progress
 from tests.fakes.replicate_server import FILL_DEV, KONTEXT_DEV, FakeReplicate, Fault, fill_dev_size
 
 FAST = RetryPolicy(attempts=4, base_delay=0.01, max_delay=0.05)
@@ -682,7 +682,7 @@ async def test_fake_answers_in_the_recorded_shapes(make: Any) -> None:
 # ---- pure parsing -------------------------------------------------------------------------------------------
 
 
-def progress_of(logs: str | None, steps: int | None = None) -> Progress:
+def progress_of(logs: str | None, steps: int | None = None) -> LogProgress:
     progress = parse_progress(logs, steps)
     assert progress is not None
     return progress
