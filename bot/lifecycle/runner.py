@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from bot.errors import ProviderError, UserError
+from bot.lifecycle.pacing import Pace
 from bot.lifecycle.sink import Ending, JobSink, Progress
 from bot.lifecycle.slots import SlotQueue
 from bot.lifecycle.states import State, allowed
@@ -80,35 +81,13 @@ def _duration(seconds: float) -> str:
     return f"{round(seconds / 60, 1):g} minutes"
 
 
-# Poll this long after the predicted end: an early poll costs a request and 0.25 s. The prediction is already
-# late by the part of the current step done when it was read, so this only covers timing noise.
-_ETA_MARGIN = 0.01
-_MIN_POLL = 0.25
+# Waits wake this much early to sleep the rest awake (see `Runner._wait`).
 _WAKE_EARLY = 0.03
 # The finish's groundwork (pipeline.Groundwork) is laid once a job is predicted to end within this long: a
 # running job's progress is read at least every 2 s (the poll cap; the webhooks' wake gap), so its last reading
 # before the end is within it. At most this many jobs hold theirs at once (each holds a full-size picture).
 _GROUNDWORK_AHEAD = _RUNNING_POLL_CAP + 0.5
 _GROUNDWORK_AT_ONCE = 4
-
-
-@dataclass
-class _Eta:
-    """When a job reporting its progress should be done, from its last two readings (the first against the
-    time the provider got the job): polling then, not on a fixed beat, shows the result sooner with no more
-    requests."""
-
-    started: float
-    last: tuple[float, float] | None = None  # (time, progress)
-
-    def remaining(self, now: float, progress: float | None) -> float | None:
-        if progress is None:
-            return None
-        before_at, before = self.last or (self.started, 0.0)
-        if progress <= before or now <= before_at:
-            return None  # no movement to measure (or the same reading again)
-        self.last = (now, progress)
-        return (1.0 - progress) * (now - before_at) / (progress - before)
 
 
 class _Stop(Exception):
@@ -312,16 +291,15 @@ class Runner:
         polls = failures = 0
         asked_wait = 0.0  # a rate-limited poll's own hint: the next poll waits at least that long
         read_at = self.clock()  # when the last answer came: the next poll's delay counts from there
-        eta = _Eta(read_at)
+        pace = Pace(read_at)
+        if status is not None:
+            pace.read(read_at, read_at, status)
         while status is None or not status.state.terminal:
-            expected: float | None = None
             if status is not None:
                 await self._observe(live, status)
-                expected = eta.remaining(read_at, status.progress)
-                if status.remaining is not None:
-                    expected = status.remaining  # the provider's own speed, free of the readings' rounding
-                if expected is not None and expected <= _GROUNDWORK_AHEAD:
-                    self._lay_groundwork(live)
+            ends_by = pace.ends_by()
+            if ends_by is not None and ends_by - read_at <= _GROUNDWORK_AHEAD:
+                self._lay_groundwork(live)
             if live.cancel.is_set():
                 raise _Stop(await self._cancel_at_provider(live, provider, handle))
             remaining = deadline - self.clock()
@@ -334,16 +312,17 @@ class Runner:
                 ))
             cap = _RUNNING_POLL_CAP if live.state is State.RUNNING else _WAITING_POLL_CAP
             backoff = provider.fallback_poll(handle) or min(self.poll_interval * _BACKOFF ** min(polls, 32), cap)
-            if expected is not None:
-                backoff = min(backoff, max(expected + _ETA_MARGIN, _MIN_POLL))
-            delay = min(max(backoff, asked_wait), remaining) - (self.clock() - read_at)
+            at = pace.next_poll(read_at + backoff, self.clock())
+            delay = min(max(at - read_at, asked_wait), remaining) - (self.clock() - read_at)
             asked_wait = 0.0
             look_after = await self._wait(live, provider, handle, delay)
             if live.cancel.is_set():
                 continue  # canceled meanwhile
             polls += 1
+            sent_at = self.clock()
             try:
                 status = await provider.poll(handle)
+                pace.read(sent_at, self.clock(), status)
                 failures = 0
                 if look_after and await self.store.cancel_requested(live.id):
                     live.cancel.set()  # asked from another process; seen after the poll the provider's news wanted

@@ -84,12 +84,22 @@ class Output:
 
 
 @dataclass(frozen=True)
+class Window:
+    """When a job ends, counted from the moment it was looked at: after `soonest`, by `latest` seconds. A
+    provider counting steps at a known pace knows the steps left but not how much of the one under way is done,
+    so its window is one step wide."""
+
+    soonest: float
+    latest: float
+
+
+@dataclass(frozen=True)
 class Status:
     """One look at a job. `message` is safe to show users; `detail` is for logs only."""
 
     state: State
     progress: float | None = None  # 0..1, only where the provider really reports it
-    remaining: float | None = None  # seconds until done, where the provider's own report tells (at most)
+    ends_in: Window | None = None  # where the provider's own report tells
     outputs: tuple[Output, ...] = ()
     dropped: int = 0  # outputs the provider silently withheld (e.g. NSFW drops on flux-fill-dev)
     message: str | None = None

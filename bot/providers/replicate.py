@@ -25,7 +25,7 @@ import httpx
 from bot.config import ProviderSettings
 from bot.errors import ProviderError
 from bot.lifecycle.states import State
-from bot.providers.base import Callback, Handle, InputImage, Output, ProviderJob, Status
+from bot.providers.base import Callback, Handle, InputImage, Output, ProviderJob, Status, Window
 from bot.providers.http import Downloader, RetryPolicy, clean_text
 from bot.providers.remote import HTTPProvider, as_int
 from bot.web.hooks import Delivery, verify_standard
@@ -72,11 +72,11 @@ class _Asked:
 
 @dataclass(frozen=True)
 class LogProgress:
-    """What a prediction's logs say about its sampling: the fraction done and, where tqdm shows its speed, the
-    seconds of sampling left at that speed (an upper bound: the step under way is partly done)."""
+    """What a prediction's logs say about its sampling: the fraction done and, where tqdm shows its speed, when
+    sampling ends at that speed."""
 
     fraction: float
-    remaining: float | None = None
+    ends_in: Window | None = None
 
 
 def parse_progress(logs: str | None, steps: int | None = None) -> LogProgress | None:
@@ -113,14 +113,15 @@ def _reading(data: Mapping[str, Any], asked: _Asked | None) -> LogProgress | Non
     return parse_progress(logs, steps) if isinstance(logs, str) else None
 
 
-def _sampling_left(line: str, steps_left: int) -> float | None:
-    """Seconds for `steps_left` steps at the speed tqdm shows at the end of `line` (None if it shows none)."""
+def _sampling_left(line: str, steps_left: int) -> Window | None:
+    """When `steps_left` steps end at the speed tqdm shows at the end of `line` (None if it shows none): the
+    first of them is under way, so the window is one step wide."""
     speed = _TQDM_SPEED.search(line)
     if speed is None or steps_left <= 0:
         return None
     value = float(speed.group(1))
     per_step = value if speed.group(2) == "s/it" else 1 / value if value > 0 else None
-    return None if per_step is None else steps_left * per_step
+    return None if per_step is None else Window((steps_left - 1) * per_step, steps_left * per_step)
 
 
 def output_refs(output: Any) -> list[str]:
@@ -270,7 +271,7 @@ class ReplicateProvider(HTTPProvider):
             return None
         final = _STATES.get(str(verified.get("status")), State.RUNNING).terminal
         reading = _reading(verified, self._asked.get(str(verified.get("id"))))
-        timed = reading is not None and reading.remaining is not None
+        timed = reading is not None and reading.ends_in is not None
         return Delivery(id=headers.get("webhook-id", ""), final=final, timed=timed)
 
     def _poll_target(self, handle: Handle) -> str:
@@ -345,7 +346,7 @@ class ReplicateProvider(HTTPProvider):
             progress = _reading(data, asked) if state is State.RUNNING else None
             if progress is None:
                 return Status(state, raw_status=raw, extra=extra)
-            return Status(state, progress=progress.fraction, remaining=progress.remaining, raw_status=raw,
+            return Status(state, progress=progress.fraction, ends_in=progress.ends_in, raw_status=raw,
                           extra=extra)
         if state is State.SUCCEEDED:
             refs = output_refs(data.get("output"))

@@ -7,6 +7,7 @@ import base64
 import io
 import json
 import re
+import time
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -21,7 +22,7 @@ from bot.errors import ConfigError, ProviderError
 from bot.lifecycle.states import State
 from bot.params import REPLICATE_FILL, REPLICATE_KONTEXT, ModelSpec, Value
 from bot.providers import replicate
-from bot.providers.base import Callback, Handle, InputImage, Output, ProviderJob, Status
+from bot.providers.base import Callback, Handle, InputImage, Output, ProviderJob, Status, Window
 from bot.providers.http import Downloader, RetryPolicy
 from bot.providers.replicate import LogProgress, ReplicateProvider, output_refs, parse_progress
 from tests.fakes.replicate_server import FILL_DEV, KONTEXT_DEV, FakeReplicate, Fault, fill_dev_size
@@ -316,14 +317,20 @@ async def test_starting_then_running_with_progress_then_succeeded(make: Any) -> 
     states = []
     timed = 0
     status = first
+    ends = rig.fake.predictions[handle.job_id].created + 0.6  # the fake's own clock (time.monotonic)
     while not status.state.terminal:
+        sent = time.monotonic()
         status = await rig.provider.poll(handle)
+        received = time.monotonic()
         states.append(status.state)
-        if status.state is State.RUNNING and status.remaining is not None:
+        if status.state is State.RUNNING and status.ends_in is not None:
             timed += 1
-            # 10 steps over the 0.4 s after the start delay: tqdm shows 25 it/s, so the steps left take 40 ms each.
+            # 10 steps over the 0.4 s after the start delay: tqdm shows 25 it/s, so the steps left take 40 ms
+            # each, the one under way partly done; the job really ends within that one-step window.
             assert status.progress is not None
-            assert status.remaining == pytest.approx((1 - status.progress) * 0.4)
+            assert status.ends_in.latest == pytest.approx((1 - status.progress) * 0.4)
+            assert status.ends_in.latest - status.ends_in.soonest == pytest.approx(0.04)
+            assert sent + status.ends_in.soonest <= ends <= received + status.ends_in.latest
     assert State.RUNNING in states and status.state is State.SUCCEEDED and timed > 0
     # No submit in this process: the drop count and steps come from the echoed input.
     assert len(status.outputs) == 2 and status.dropped == 0
@@ -725,19 +732,19 @@ def test_progress_absent() -> None:
     assert parse_progress("Running prediction...\nGenerating image...\nGenerated image in 3.1sec", 28) is None
 
 
-def test_remaining_sampling_time_from_tqdm_speed() -> None:
-    """tqdm's speed gives the time left free of the reading's rounding to whole steps: an upper bound, since
+def test_sampling_end_window_from_tqdm_speed() -> None:
+    """tqdm's speed gives when sampling ends, free of the reading's rounding to whole steps: within one step, since
     the step under way is partly done."""
     recorded = "  0%|          | 0/50 [00:00<?, ?it/s]\n 18%|\u2588\u258a        | 9/50 [00:01<00:03, 11.76it/s]\n"
-    assert progress_of(recorded).remaining == pytest.approx(41 / 11.76)
-    assert progress_of("Using seed: 1\n0it [00:00, ?it/s]\n14it [00:02,  5.20it/s]\n", 28).remaining == (
-        pytest.approx(14 / 5.2))
+    assert progress_of(recorded).ends_in == Window(pytest.approx(40 / 11.76), pytest.approx(41 / 11.76))
+    assert progress_of("Using seed: 1\n0it [00:00, ?it/s]\n14it [00:02,  5.20it/s]\n", 28).ends_in == Window(
+        pytest.approx(13 / 5.2), pytest.approx(14 / 5.2))
     slow = " 10%|\u2588         | 3/30 [00:04<00:41,  1.52s/it]"
-    assert progress_of(slow).remaining == pytest.approx(27 * 1.52)
-    assert progress_of("0it [00:00, ?it/s]\n", 28).remaining is None  # no speed yet
-    assert progress_of("28it [00:05,  5.20it/s]\n", 28).remaining is None  # sampling done: decoding is not timed
+    assert progress_of(slow).ends_in == Window(pytest.approx(26 * 1.52), pytest.approx(27 * 1.52))
+    assert progress_of("0it [00:00, ?it/s]\n", 28).ends_in is None  # no speed yet
+    assert progress_of("28it [00:05,  5.20it/s]\n", 28).ends_in is None  # sampling done: decoding is not timed
     assert progress_of("100%|\u2588\u2588\u2588\u2588\u2588\u2588\u2588\u2588\u2588\u2588| 28/28 [00:05<00:00, "
-                       "5.20it/s]").remaining is None
+                       "5.20it/s]").ends_in is None
 
 
 def test_output_shapes() -> None:
