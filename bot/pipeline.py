@@ -40,6 +40,7 @@ from bot.imaging import (
     target_size,
 )
 from bot.imaging.loading import decode
+from bot.imaging.png import FixedRows
 from bot.imaging.preview import BEFORE_SIDE, before_preview
 from bot.imaging.spool import PixelSpool
 from bot.params import EditRequest, FillRequest, ModelSpec
@@ -228,6 +229,7 @@ class Groundwork:
 
     before: bytes | None
     filled: Filled | None
+    png: FixedRows | None = None  # for a PNG delivery of `filled`: the rows outside its box written already
 
 
 def lay_groundwork(
@@ -242,7 +244,9 @@ def lay_groundwork(
         # From the pictures already decoded (Filled changes the original): decoding the upload again for a
         # thumbnail cost as much as the rest of the finish's decoding of it.
         before = _before(lambda: mask_preview(original, mask, max_side=BEFORE_SIDE), job_id)
-        return Groundwork(before, Filled(original, mask, feather=request.mask.feather))
+        filled = Filled(original, mask, feather=request.mask.feather)
+        lossless = delivery_format(request, inputs.original, transparent=filled.mode == "RGBA") == "png"
+        return Groundwork(before, filled, filled.png_writer() if lossless else None)
     return Groundwork(_before(lambda: before_preview(inputs.original, inputs.mask), job_id), None)
 
 
@@ -285,7 +289,7 @@ def finish(
         pictures = ground.filled if ground.filled is not None else results
     transparent = any(pictures[i].mode == "RGBA" for i in range(len(pictures)))
     fmt = delivery_format(request, inputs.original, transparent=transparent)
-    encoded, notices = fit_under(pictures, fmt, request.delivery.output_quality, max_total_bytes)
+    encoded, notices = fit_under(pictures, fmt, request.delivery.output_quality, max_total_bytes, png=ground.png)
     kind = request.spec.operation
     images = tuple(
         FinishedImage(file.data, f"{kind}-{job_id}-{i}.{file.extension}", file.size, flagged)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from PIL import Image, ImageChops
 
 from bot.imaging.masks import soften
+from bot.imaging.png import FixedRows
 
 _THRESHOLD = [0] * 128 + [255] * 128
 
@@ -65,6 +66,11 @@ class Filled:
     @property
     def mode(self) -> str:
         return self._base.mode
+
+    def png_writer(self) -> FixedRows:
+        """A PNG writer for these pictures with the rows outside the box written already (`FixedRows`)."""
+        top, bottom = (self._area.box[1], self._area.box[3]) if self._area is not None else (0, 0)
+        return FixedRows(self._base, top, bottom)
 
     def add(self, result: Image.Image) -> None:
         """Blend one result (any size or mode: it is scaled onto the picture) and keep only its patch."""

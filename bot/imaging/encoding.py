@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from PIL import Image
 
-from bot.imaging.png import png_bytes
+from bot.imaging.png import FixedRows, png_bytes
 
 log = logging.getLogger(__name__)
 
@@ -113,17 +113,18 @@ def encode_mask(mask: Image.Image) -> bytes:
 
 
 def fit_under(
-    images: Pictures, fmt: str, quality: int, max_total_bytes: int | None
+    images: Pictures, fmt: str, quality: int, max_total_bytes: int | None, *, png: FixedRows | None = None
 ) -> tuple[list[Encoded], list[str]]:
     """Encode all `images` as `fmt`; if together they exceed `max_total_bytes`, keep the pixels and lose less.
 
     In order: PNG falls back to lossy (JPEG, or WebP while transparent) at `quality`; lossy quality steps
     down to 60; only then are the pictures downscaled. Returns the files and notices saying what was done;
-    None means no budget. `images` are read one at a time and may be one picture reused (see `Filled`).
+    None means no budget. `images` are read one at a time and may be one picture reused (see `Filled`);
+    `png` writes them as PNG when they share the rows it holds.
     Raises ValueError if even 64 px thumbnails do not fit, which only happens with a nonsensical cap.
     """
     fmt = _format(fmt)
-    encoded = _encode_all(images, fmt, quality, max_total_bytes)
+    encoded = _encode_all(images, fmt, quality, max_total_bytes, png)
     if encoded is not None:
         return encoded, []
     assert max_total_bytes is not None  # without a cap every picture is encoded
@@ -191,12 +192,18 @@ def _downscaled(images: Pictures, fmt: str, quality: int, cap: int) -> tuple[lis
     return encoded, scale
 
 
-def _encode_all(images: Pictures, fmt: str, quality: int, cap: int | None) -> list[Encoded] | None:
+def _encode_all(
+    images: Pictures, fmt: str, quality: int, cap: int | None, png: FixedRows | None = None
+) -> list[Encoded] | None:
     """Every picture encoded, or None as soon as the running total passes `cap` (no point finishing)."""
     out: list[Encoded] = []
     total = 0
     for index in range(len(images)):
-        out.append(_encoded(images[index], fmt, quality))
+        image = images[index]
+        if png is not None and fmt == "png":
+            out.append(Encoded(png.png_bytes(image), fmt, image.size))
+        else:
+            out.append(_encoded(image, fmt, quality))
         total += len(out[-1].data)
         if cap is not None and total > cap:
             return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from pathlib import Path
 
@@ -241,3 +242,26 @@ def test_groundwork_laid_ahead_finishes_exactly_as_the_finish_alone(
     ahead = finish(outputs, inputs=inputs, request=request_, limits=limits, job_id="g", groundwork=ground)
     assert [i.data for i in ahead.images] == [i.data for i in alone.images] and len(ahead.images) == len(outputs)
     assert ahead.before == alone.before and ahead.before is not None
+
+
+def test_a_png_fill_writes_the_rows_outside_the_fill_area_once(testdata: Path, limits: Limits) -> None:
+    """A lossless delivery of a composited fill: the groundwork writes the rows the results share, and every
+    result comes back exactly as the finish composited it (the same pixels as written without that help)."""
+    data = (testdata / "photo_astronaut_512x512.png").read_bytes()
+    original = decode(data).convert("RGB")
+    inputs = JobInputs(data, encode_mask(ellipse_mask(original.size)))
+    request = fill_request(outputs=2)
+    outputs = [(provider_output(original, (512, 512), shift=30 * (n + 1)), False) for n in range(2)]
+    ground = lay_groundwork(inputs, request, limits, "p")
+    assert ground.png is not None and (ground.png.top, ground.png.bottom) == (156, 271)  # rows 170-256, feathered
+    helped = finish(outputs, inputs=inputs, request=request, limits=limits, job_id="p", groundwork=ground)
+    plain = lay_groundwork(inputs, request, limits, "p")
+    unhelped = finish(outputs, inputs=inputs, request=request, limits=limits, job_id="p",
+                      groundwork=dataclasses.replace(plain, png=None))
+    for with_rows, without in zip(helped.images, unhelped.images, strict=True):
+        assert with_rows.data != without.data and with_rows.data.count(b"IDAT") == 4  # head, box, tail, end
+        assert np.array_equal(np.asarray(decode(with_rows.data)), np.asarray(decode(without.data)))
+    assert not np.array_equal(np.asarray(decode(helped.images[0].data)), np.asarray(decode(helped.images[1].data)))
+    jpeg = lay_groundwork(JobInputs((testdata / "photo_coffee_1024x768.jpg").read_bytes(), inputs.mask),
+                          request, limits, "j")
+    assert jpeg.png is None  # a JPEG delivery needs no PNG rows

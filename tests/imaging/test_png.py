@@ -59,7 +59,7 @@ def test_bands_join_into_one_valid_zlib_stream(monkeypatch: pytest.MonkeyPatch, 
     rows = np.asarray(picture).reshape(1000, 3300)
     assert len(png._bands(np.zeros((1000, 3301), np.uint8))) == cores
     raw = np.frombuffer(zlib.decompress(idat_stream(png.png_bytes(picture))), np.uint8).reshape(1000, 3301)
-    assert (raw[:, 0] == 2).all()  # Up on every row
+    assert raw[0, 0] == 0 and (raw[1:, 0] == 2).all()  # no filter on the first row, Up on every other
     assert np.array_equal(np.cumsum(raw[:, 1:], axis=0, dtype=np.uint8), rows)
     with Image.open(io.BytesIO(png.png_bytes(picture))) as back:
         assert np.array_equal(np.asarray(back), rows.reshape(1000, 1100, 3))
@@ -84,3 +84,45 @@ def test_pictures_written_at_the_same_time_from_several_threads_come_back_exactl
     for picture, data in zip(pictures, written, strict=True):
         with Image.open(io.BytesIO(data)) as back:
             assert np.array_equal(np.asarray(back), np.asarray(picture))
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA"])
+@pytest.mark.parametrize(("top", "bottom"), [(0, 0), (0, 400), (150, 330), (150, 150), (399, 400), (0, 1), (400, 400)])
+def test_pictures_sharing_rows_outside_a_box_come_back_exactly(mode: str, top: int, bottom: int) -> None:
+    """Rows outside [top, bottom) written once for several pictures that differ only inside: each file is a valid
+    PNG (chunk CRCs, the stream's adler32) with exactly its own picture's pixels, for two decoders."""
+    base = noise(mode, (300, 400))
+    writer = png.FixedRows(base, top, bottom)
+    for seed in (5, 6):
+        picture = base.copy()
+        if bottom > top:
+            picture.paste(noise(mode, (300, bottom - top), seed=seed), (0, top))
+        data = writer.png_bytes(picture)
+        rows = np.asarray(picture).reshape(400, -1)
+        raw = np.frombuffer(zlib.decompress(idat_stream(data)), np.uint8).reshape(400, -1)
+        assert raw[0, 0] == 0 and (bottom == 400 or raw[bottom, 0] == 0)  # no filter where the row above differs
+        with Image.open(io.BytesIO(data)) as back:
+            back.load()
+            assert back.mode == mode and np.array_equal(np.asarray(back).reshape(400, -1), rows)
+        decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        assert decoded.shape[:2] == (400, 300)
+
+
+def test_rows_written_ahead_take_only_pictures_like_theirs() -> None:
+    with pytest.raises(ValueError, match=r"rows 5\.\.3"):
+        png.FixedRows(noise("RGB", (8, 8)), 5, 3)
+    writer = png.FixedRows(noise("RGB", (8, 8)), 2, 4)
+    with pytest.raises(ValueError, match="is not one of these"):
+        writer.png_bytes(noise("RGBA", (8, 8)))
+    with pytest.raises(ValueError, match="is not one of these"):
+        writer.png_bytes(noise("RGB", (8, 9)))
+
+
+def test_adler32_of_joined_parts_from_theirs() -> None:
+    rng = np.random.default_rng(1)
+    for first_length, second_length in [(0, 0), (3, 0), (0, 7), (100, 65521), (65520, 65522), (5000, 200_000)]:
+        first, second = rng.bytes(first_length), rng.bytes(second_length)
+        combined = png._adler32_combine(zlib.adler32(first), zlib.adler32(second), second_length)
+        assert combined == zlib.adler32(first + second)
+    ones = b"\xff" * 70_000  # the largest sums: every modulo matters
+    assert png._adler32_combine(zlib.adler32(ones), zlib.adler32(ones), len(ones)) == zlib.adler32(ones + ones)
