@@ -272,8 +272,11 @@ async def _run_job(settings: Settings, args: argparse.Namespace, flags: dict[str
             prepared = await service.prepare_edit(image, request)
         for notice in prepared.notices:
             print(f"note: {cli_wording(notice, flags)}", file=sys.stderr)
+        preview = await service.afterwards(prepared)  # before the job is sent: a bad path costs nothing
         if getattr(args, "preview", None) is not None:
-            _write(args.preview, prepared.preview, "mask preview")
+            if preview is None:
+                raise UserError("The mask preview could not be drawn (the error was logged). Nothing was sent.")
+            _write(args.preview, preview, "mask preview")
         await _mention_interrupted(storage)
         lifecycle = Lifecycle(settings, storage, service)
         lifecycle.serve("cli", None)  # keep the leases of the jobs this command runs

@@ -68,11 +68,16 @@ class JobInputs:
 
 @dataclass(frozen=True)
 class Prepared:
-    """A job ready to submit, plus what finishing needs later."""
+    """A job ready to submit, plus what finishing needs later.
+
+    `afterwards` is the preparation the job need not wait for, run once it is on its way (`FillService.
+    afterwards`): it keeps the decoded upload for the finish and returns the small picture for the status
+    message. Drawn before the create, that picture held every job up by its 8-25 ms.
+    """
 
     job: ProviderJob
     inputs: JobInputs
-    preview: bytes  # small picture for the status message
+    afterwards: Callable[[], bytes]
     preview_name: str
     original_size: tuple[int, int]
     coverage: float | None
@@ -109,33 +114,31 @@ def prepare_fill(
     image_data: bytes, mask_data: bytes | None, request: FillRequest, limits: Limits, pixels: PixelSpool | None = None
 ) -> Prepared:
     """Validate and load the pictures, work out the mask, size both for the provider and encode them; the decoded
-    upload goes to `pixels` for the finish."""
+    upload goes to `pixels` for the finish (afterwards)."""
     loaded = upload_image(image_data, limits, pixels)
     result = build_mask(loaded, mask_data, request.mask.region, limits, invert=request.mask.invert)
     mask = soften(result.mask, grow=request.mask.grow) if request.mask.grow else result.mask
-    # The preview (and keeping the pixels) only read the loaded picture: a second thread does them while this
-    # one sizes and encodes what the provider gets, so they add nothing to the time before the job is sent.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fillbot-preview") as side:
-        preview = side.submit(mask_preview, loaded.image, mask)
-        kept = side.submit(keep_upload, pixels, image_data, loaded)
-        # The provider sees the picture without transparency (resize_for drops it): the mask says what to repaint.
-        rule = sizing_rule(request.spec)
-        sized, sized_mask = resize_for(rule, loaded.image, mask)
-        if rule.needs_kept_pixels:
-            require_kept_area(sized_mask, request.spec.provider)
-        image_input = InputImage(encode_for_provider(sized), PROVIDER_MIME, sized.size)
-        stored_mask = encode_mask(mask)
-        # Pictures within the provider's size are sent as they are: the stored mask is then the one to send.
-        sent_mask = stored_mask if sized_mask is mask else encode_mask(sized_mask)
-        kept.result()
-        preview_data = preview.result()
+    # The provider sees the picture without transparency (resize_for drops it): the mask says what to repaint.
+    rule = sizing_rule(request.spec)
+    sized, sized_mask = resize_for(rule, loaded.image, mask)
+    if rule.needs_kept_pixels:
+        require_kept_area(sized_mask, request.spec.provider)
+    image_input = InputImage(encode_for_provider(sized), PROVIDER_MIME, sized.size)
+    stored_mask = encode_mask(mask)
+    # Pictures within the provider's size are sent as they are: the stored mask is then the one to send.
+    sent_mask = stored_mask if sized_mask is mask else encode_mask(sized_mask)
     mask_input = InputImage(sent_mask, "image/png", sized_mask.size)
     job = ProviderJob(request.spec, request.prompt, request.params, image_input, mask_input,
                       jpeg_result(request, image_data))
+
+    def afterwards() -> bytes:
+        keep_upload(pixels, image_data, loaded)
+        return mask_preview(loaded.image, mask)
+
     return Prepared(
         job=job,
         inputs=JobInputs(image_data, stored_mask),
-        preview=preview_data,
+        afterwards=afterwards,
         preview_name="mask-preview.jpg",
         original_size=loaded.image.size,
         coverage=result.coverage,
@@ -148,14 +151,17 @@ def prepare_edit(
 ) -> Prepared:
     """Validate and load the picture and size it for the Kontext model."""
     loaded = upload_image(image_data, limits, pixels)
-    keep_upload(pixels, image_data, loaded)
     sized, image_input = _to_provider(loaded.image, request.spec)
-    preview = encode(_thumbnail(sized), "jpeg", quality=80)
+
+    def afterwards() -> bytes:
+        keep_upload(pixels, image_data, loaded)
+        return encode(_thumbnail(sized), "jpeg", quality=80)
+
     return Prepared(
         job=ProviderJob(request.spec, request.prompt, request.params, image_input,
                         jpeg_result=jpeg_result(request, image_data)),
         inputs=JobInputs(image_data, None),
-        preview=preview,
+        afterwards=afterwards,
         preview_name="input.jpg",
         original_size=loaded.image.size,
         coverage=None,

@@ -111,6 +111,15 @@ class FillService:
         self.check_provider(request.spec.provider)
         return await self.in_pool(prepare_edit, image, request, self.limits, self.pixels)
 
+    async def afterwards(self, prepared: Prepared) -> bytes | None:
+        """Run the preparation a job need not wait for (`Prepared.afterwards`) once it is on its way, and return
+        the preview it draws; a failure is logged and only leaves the preview out."""
+        try:
+            return await self.in_pool(prepared.afterwards)
+        except Exception:
+            log.exception("could not draw a job's preview")
+            return None
+
     async def prepare(self, request: FillRequest | EditRequest, inputs: JobInputs) -> Prepared:
         """Prepare stored pictures again (a resumed queued job, Rerun): the stored mask is already final."""
         if isinstance(request, FillRequest):

@@ -252,11 +252,10 @@ class JobFlow(commands.Cog):
                                        started_at=record.created_at, notices=prepared.notices)
         async with reply.putting_up():  # the job goes to its provider while Discord shows its first state
             await self.bot.lifecycle.queue(record, prepared, sink)
+            preview = await self.bot.service.afterwards(prepared)  # drawn while the job is being sent
             try:
                 message = await interaction.edit_original_response(
-                    embed=first,
-                    attachments=[Upload(prepared.preview_name, prepared.preview).to_file()],
-                    view=buttons.working_view(record.id),
+                    embed=first, attachments=_preview_file(prepared, preview), view=buttons.working_view(record.id)
                 )
             except discord.HTTPException as exc:
                 log.warning("job %s: could not show its reply (%s); running it anyway", record.id, exc.status)
@@ -285,9 +284,10 @@ class JobFlow(commands.Cog):
         first = rendering.status_embed(request, Progress(record.id, State.QUEUED, 0.0),
                                        started_at=record.created_at, notices=prepared.notices)
         mention = discord.AllowedMentions(everyone=False, roles=False, users=[discord.Object(context.user_id)])
+        preview = await self.bot.service.afterwards(prepared)  # the message is posted before the job is sent
         try:
             message = await self.bot.get_partial_messageable(context.channel_id).send(
-                f"<@{context.user_id}>", embed=first, file=Upload(prepared.preview_name, prepared.preview).to_file(),
+                f"<@{context.user_id}>", embed=first, files=_preview_file(prepared, preview),
                 view=buttons.working_view(record.id), allowed_mentions=mention,
             )
         except discord.HTTPException as exc:
@@ -490,6 +490,11 @@ class JobFlow(commands.Cog):
             )
             return
         await interaction.followup.send(f"Shared to the gallery: {posted.jump_url}", ephemeral=True)
+
+
+def _preview_file(prepared: Prepared, preview: bytes | None) -> list[discord.File]:
+    """The status message's picture, if it could be drawn."""
+    return [] if preview is None else [Upload(prepared.preview_name, preview).to_file()]
 
 
 def _is_internal(request: FillRequest | EditRequest, name: str) -> bool:

@@ -5,6 +5,8 @@ Pure Pillow/NumPy/OpenCV code with no Discord imports; CPU-bound, so callers run
 
 from __future__ import annotations
 
+import cv2
+
 from bot.imaging.compositing import Filled, composite, fit_result
 from bot.imaging.encoding import (
     AUTO,
@@ -42,6 +44,11 @@ from bot.imaging.sizing import (
     resize_for,
     target_size,
 )
+
+# No thread pool of OpenCV's own: the picture pool already spreads picture work over the cores, below the event
+# loop's priority, which OpenCV's threads do not keep; and a process stopping while they ran aborted with
+# "terminate called without an active exception" (a worker stopped by SIGTERM during a finish's groundwork).
+cv2.setNumThreads(1)
 
 __all__ = [
     "ACCEPTED",

@@ -33,16 +33,16 @@ def mask_preview(image: Image.Image, mask: Image.Image, *, max_side: int = 640) 
     size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
     small = _flatten(image if size == image.size else _shrink(image, size))
     area = mask if mask.mode == "L" else mask.convert("L")
-    if area.size != size:
-        area = area.resize(size, Image.Resampling.BILINEAR, reducing_gap=1.0)
-    area = area.point(_THRESHOLD)
-    tinted = Image.blend(small, Image.new("RGB", size, TINT), TINT_STRENGTH)
-    out = Image.composite(tinted, small, area)
+    inside = np.asarray((area if area.size == size else _shrink(area, size)).point(_THRESHOLD))
+    # In OpenCV and numpy: Pillow's blend, composite and paste took 3 ms on 640x640, these a third of that.
+    out = np.array(small)
+    tint = np.empty_like(out)
+    tint[:] = TINT
+    cv2.copyTo(cv2.addWeighted(out, 1 - TINT_STRENGTH, tint, TINT_STRENGTH, 0), inside, out)
     # A ring about 3 px wide straddling the edge; OpenCV's morphology is ~20x faster than Pillow's rank filters.
-    values = np.asarray(area)
-    outline = cv2.dilate(values, _OUTER) - cv2.erode(values, _INNER)
-    out.paste(TINT, mask=Image.fromarray(outline))
-    return encode(out, PREVIEW_FORMAT, quality=PREVIEW_QUALITY)
+    outline = cv2.dilate(inside, _OUTER) - cv2.erode(inside, _INNER)
+    cv2.copyTo(tint, outline, out)
+    return encode(Image.fromarray(out), PREVIEW_FORMAT, quality=PREVIEW_QUALITY)
 
 
 def before_preview(original: bytes, mask: bytes | None, *, max_side: int = BEFORE_SIDE) -> bytes:
@@ -64,10 +64,16 @@ def before_preview(original: bytes, mask: bytes | None, *, max_side: int = BEFOR
 
 
 def _shrink(image: Image.Image, size: tuple[int, int]) -> Image.Image:
-    """OpenCV's area average: 4x faster than Pillow's resize on a 1440x1440 RGBA picture, which premultiplies the
-    full-size picture first. Unpremultiplied, the colour under transparent pixels may tint their edge, where the
-    preview draws its outline anyway. `image` is RGB or RGBA, as the loader makes them."""
-    return Image.fromarray(cv2.resize(np.asarray(image), size, interpolation=cv2.INTER_AREA), image.mode)
+    """Pillow's box average by the whole factor, then OpenCV's bilinear for the rest (less than 2x, so nothing
+    is skipped): 1440 -> 640 px RGB takes 1 ms, against 3 ms for OpenCV's area average at 2.25x and 5 ms for
+    Pillow's resize, which also premultiplies an RGBA picture first. Unpremultiplied, the colour under
+    transparent pixels may tint their edge, where the preview draws its outline anyway. `image` is L, RGB or
+    RGBA."""
+    factor = min(image.width // size[0], image.height // size[1])
+    values = np.asarray(image.reduce(factor) if factor >= 2 else image)  # reduced before it is copied out
+    if (values.shape[1], values.shape[0]) != size:
+        values = cv2.resize(values, size, interpolation=cv2.INTER_LINEAR)
+    return Image.fromarray(values, image.mode)
 
 
 def _flatten(image: Image.Image) -> Image.Image:

@@ -4,6 +4,7 @@ an expired interaction token and a deleted reply."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import logging
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from bot import pipeline
 from bot.app import FillBot
 from cogs import delivery
 from tests.discord.conftest import (
@@ -317,6 +319,31 @@ async def test_replicate_is_asked_for_the_result_format_the_delivery_needs(
         box = decode(mask).convert("L").getbbox()
         assert box is not None
         assert_composited(result, decode(data), box, lossy=result.format == "JPEG")
+        assert not h.errors
+
+
+async def test_the_job_is_sent_without_waiting_for_its_preview(
+    make_bot, fake_replicate: FakeReplicate, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The status message's preview is drawn while the job is being sent: here drawing it waits for the provider
+    to have the job, which only works if the create does not wait for it. The reply still shows it."""
+    bot: FillBot = make_bot(**replicate_env(fake_replicate))
+    loop = asyncio.get_running_loop()
+    draw = pipeline.mask_preview
+
+    def after_the_create(image: Image.Image, mask: Image.Image) -> bytes:
+        asyncio.run_coroutine_threadsafe(fake_replicate.created.wait(), loop).result(timeout=20)
+        return draw(image, mask)
+
+    monkeypatch.setattr(pipeline, "mask_preview", after_the_create)
+    async with running(bot) as h:
+        sent = await h.dispatch(h.slash("fill", {"prompt": "a croissant", "provider": "replicate"}, attachments={
+            "image": ("photo.jpg", (TESTDATA / "photo_coffee_1024x768.jpg").read_bytes(), "image/jpeg"),
+            "mask": ("mask.png", (TESTDATA / "mask_coffee_1024x768_ellipse.png").read_bytes(), "image/png"),
+        }))
+        message = await final_reply(h, sent)
+        assert message.embeds[0]["title"].startswith("✅"), message.text
+        assert "mask-preview.jpg" in [file.filename for request in h.responses(sent) for file in request.files]
         assert not h.errors
 
 

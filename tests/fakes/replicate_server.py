@@ -319,6 +319,7 @@ class FakeReplicate:
         self.faults = Faults()
         self.requests: list[Recorded] = []
         self.predictions: dict[str, Prediction] = {}
+        self.created = asyncio.Event()  # set once a prediction was made: tests wait for it
         self.files: dict[str, bytes] = {}
         self._runners: list[web.AppRunner] = []
         self._urls: dict[str, str] = {}
@@ -538,6 +539,7 @@ class FakeReplicate:
 
         prediction = self._make_prediction(model, inputs)
         self.predictions[prediction.id] = prediction
+        self.created.set()
         if isinstance(body.get("webhook"), str) and self.webhook != "lost":
             events = body.get("webhook_events_filter")
             wanted = set(events) if isinstance(events, list) else {"start", "output", "logs", "completed"}
