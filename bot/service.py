@@ -86,7 +86,7 @@ class FillService:
         for provider in self.providers.values():
             await provider.aclose()
         await self.downloader.aclose()
-        self._pictures.shutdown()
+        await self._pictures.aclose()  # before the spool closes: work under way may still write to it
         if self.pixels is not None:
             self.pixels.close()
 

@@ -99,3 +99,18 @@ async def test_picture_threads_run_below_the_event_loop() -> None:
     assert theirs == min(own + NICENESS, 19)
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own  # the loop's thread is untouched
     pool.shutdown()
+
+
+async def test_closing_waits_for_the_work_under_way() -> None:
+    """A process must not exit while a picture thread (a daemon) is still inside native code: closing the pool
+    returns only once the work under way has ended."""
+    pool = PicturePool(1)
+    gate = threading.Event()
+    blocker = await _occupied(pool, gate)
+    closing = asyncio.create_task(pool.aclose())
+    done, _ = await asyncio.wait({closing}, timeout=0.2)  # it never ends while the work is held
+    assert not done
+    gate.set()
+    await closing
+    assert not pool._threads[0].is_alive()
+    await blocker
