@@ -46,7 +46,8 @@ class Work(enum.IntEnum):
     """What a piece of picture work is for; lower runs first."""
 
     FINISH = 0  # a provider's result on its way to the member
-    PREPARE = 1  # checking and sizing the pictures of a new job
+    AFTERWARDS = 1  # a sent job's preview (it holds the job's decoded upload until it is drawn)
+    PREPARE = 2  # checking and sizing the pictures of a new job
 
 
 _Item = tuple[int, int, "concurrent.futures.Future[Any] | None", "Callable[[], Any] | None"]

@@ -66,6 +66,20 @@ class JobInputs:
     mask: bytes | None  # PNG hard mask at the original's size (None for edits)
 
 
+class Once:
+    """Work that runs once and then lets go of what it holds (full-size pictures): a `Prepared` outlives its
+    `afterwards` by as long as the first Discord edit takes, which under load kept every decoded upload alive."""
+
+    def __init__(self, work: Callable[[], bytes]) -> None:
+        self._work: Callable[[], bytes] | None = work
+
+    def __call__(self) -> bytes:
+        work, self._work = self._work, None
+        if work is None:
+            raise RuntimeError("this work has already run")
+        return work()
+
+
 @dataclass(frozen=True)
 class Prepared:
     """A job ready to submit, plus what finishing needs later.
@@ -138,7 +152,7 @@ def prepare_fill(
     return Prepared(
         job=job,
         inputs=JobInputs(image_data, stored_mask),
-        afterwards=afterwards,
+        afterwards=Once(afterwards),
         preview_name="mask-preview.jpg",
         original_size=loaded.image.size,
         coverage=result.coverage,
@@ -161,7 +175,7 @@ def prepare_edit(
         job=ProviderJob(request.spec, request.prompt, request.params, image_input,
                         jpeg_result=jpeg_result(request, image_data)),
         inputs=JobInputs(image_data, None),
-        afterwards=afterwards,
+        afterwards=Once(afterwards),
         preview_name="input.jpg",
         original_size=loaded.image.size,
         coverage=None,

@@ -115,7 +115,7 @@ class FillService:
         """Run the preparation a job need not wait for (`Prepared.afterwards`) once it is on its way, and return
         the preview it draws; a failure is logged and only leaves the preview out."""
         try:
-            return await self.in_pool(prepared.afterwards)
+            return await self._pictures.run(Work.AFTERWARDS, prepared.afterwards)
         except Exception:
             log.exception("could not draw a job's preview")
             return None

@@ -50,10 +50,9 @@ class FixedRows:
         if not 0 <= top <= bottom <= image.height:
             raise ValueError(f"rows {top}..{bottom} are not within a picture {image.height} rows high")
         self.mode, self.size, self.top, self.bottom = image.mode, image.size, top, bottom
-        rows = _rows(image)
-        self._head = _part(_filtered(rows[:top], None))
+        self._head = _part(_filtered(_rows(image, 0, top), None))
         # The first row below the box has no filter: the row above it is the results' own.
-        self._tail = _part(_filtered(rows[bottom:], None))
+        self._tail = _part(_filtered(_rows(image, bottom, image.height), None))
         self._head_chunk = _chunk(b"IDAT", _ZLIB_HEADER + self._head.data)
         self._tail_chunk = _chunk(b"IDAT", self._tail.data)
 
@@ -61,8 +60,9 @@ class FixedRows:
         """The PNG of `image` (same mode and size, the same rows outside the box), as `png_bytes` would write it."""
         if (image.mode, image.size) != (self.mode, self.size):
             raise ValueError(f"a {image.mode} {image.size} picture is not one of these {self.mode} {self.size} ones")
-        rows = _rows(image)
-        middle = _part(_filtered(rows[self.top:self.bottom], rows[self.top - 1] if self.top else None))
+        above = max(0, self.top - 1)  # the row the box's first row is filtered against, if any
+        rows = _rows(image, above, self.bottom)
+        middle = _part(_filtered(rows[self.top - above:], rows[0] if self.top else None))
         adler = _adler32_combine(_adler32_combine(self._head.adler, middle.adler, middle.length),
                                  self._tail.adler, self._tail.length)
         return _file(image, [self._head_chunk, _chunk(b"IDAT", middle.data), self._tail_chunk,
@@ -78,11 +78,13 @@ class _Part:
     length: int
 
 
-def _rows(image: Image.Image) -> np.ndarray:
+def _rows(image: Image.Image, start: int = 0, stop: int | None = None) -> np.ndarray:
+    """Rows [start, stop) as bytes, one row each (only those are copied out of the picture)."""
     if image.mode not in _COLOUR_TYPES:
         raise ValueError(f"PNG writing takes L, RGB or RGBA pictures, not {image.mode}")
-    channels = _COLOUR_TYPES[image.mode][1]
-    return np.asarray(image, dtype=np.uint8).reshape(image.height, image.width * channels)
+    stop = image.height if stop is None else stop
+    part = image if (start, stop) == (0, image.height) else image.crop((0, start, image.width, stop))
+    return np.asarray(part, dtype=np.uint8).reshape(stop - start, image.width * _COLOUR_TYPES[image.mode][1])
 
 
 def _filtered(rows: np.ndarray, above: np.ndarray | None) -> np.ndarray:

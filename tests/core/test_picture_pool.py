@@ -31,20 +31,24 @@ async def _occupied(pool: PicturePool, gate: threading.Event) -> asyncio.Task[No
 
 
 async def test_finishing_goes_before_waiting_preparations_which_keep_their_order() -> None:
+    """Finishes first, then the previews of jobs already sent (each holds a decoded upload until drawn), then new
+    preparations, oldest first within a kind."""
     pool = PicturePool(1)
     gate = threading.Event()
     blocker = await _occupied(pool, gate)
     ran: list[str] = []
     tasks = [
         asyncio.create_task(pool.run(Work.PREPARE, ran.append, "prepare 1")),
+        asyncio.create_task(pool.run(Work.AFTERWARDS, ran.append, "preview 1")),
         asyncio.create_task(pool.run(Work.PREPARE, ran.append, "prepare 2")),
         asyncio.create_task(pool.run(Work.FINISH, ran.append, "finish 1")),
+        asyncio.create_task(pool.run(Work.AFTERWARDS, ran.append, "preview 2")),
         asyncio.create_task(pool.run(Work.FINISH, ran.append, "finish 2")),
     ]
-    await _queued(pool, 4)
+    await _queued(pool, 6)
     gate.set()
     await asyncio.gather(blocker, *tasks)
-    assert ran == ["finish 1", "finish 2", "prepare 1", "prepare 2"]
+    assert ran == ["finish 1", "finish 2", "preview 1", "preview 2", "prepare 1", "prepare 2"]
     pool.shutdown()
 
 

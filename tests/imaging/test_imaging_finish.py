@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import weakref
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,7 @@ from PIL import Image, ImageDraw
 
 from bot.imaging import Limits, encode_mask
 from bot.params import Delivery, EditRequest, FillRequest, MaskOptions
-from bot.pipeline import JobInputs, finish, job_from_sent, lay_groundwork, prepare_edit, prepare_fill
+from bot.pipeline import JobInputs, Once, finish, job_from_sent, lay_groundwork, prepare_edit, prepare_fill
 
 DISCORD_CAP = 10 * 1024 * 1024 - 64 * 1024  # what the Discord front end passes as max_total_bytes
 
@@ -265,3 +267,29 @@ def test_a_png_fill_writes_the_rows_outside_the_fill_area_once(testdata: Path, l
     jpeg = lay_groundwork(JobInputs((testdata / "photo_coffee_1024x768.jpg").read_bytes(), inputs.mask),
                           request, limits, "j")
     assert jpeg.png is None  # a JPEG delivery needs no PNG rows
+
+
+def test_what_preparing_leaves_for_afterwards_runs_once_and_lets_go_of_its_pictures(
+    testdata: Path, limits: Limits
+) -> None:
+    """The preview is drawn after the job is sent, from the decoded pictures: once drawn, they are let go even
+    while the prepared job is still held (a full-size upload per job in flight, under load)."""
+    data = (testdata / "photo_coffee_1024x768.jpg").read_bytes()
+    prepared = prepare_fill(data, encode_mask(ellipse_mask((1024, 768))), fill_request(), limits)
+    preview = decode(prepared.afterwards())
+    assert preview.format == "JPEG" and preview.size == (640, 480)
+    with pytest.raises(RuntimeError, match="already run"):
+        prepared.afterwards()
+
+    class Picture:
+        pass
+
+    def preview_of(picture: Picture) -> Callable[[], bytes]:
+        return lambda: type(picture).__name__.encode()
+
+    picture = Picture()
+    alive = weakref.ref(picture)
+    once = Once(preview_of(picture))
+    del picture
+    assert alive() is not None
+    assert once() == b"Picture" and alive() is None
