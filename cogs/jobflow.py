@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -49,6 +48,7 @@ from bot.params import (
     request_from_json,
     request_to_json,
 )
+from bot.picture_pool import usable_cpus
 from bot.pipeline import JobInputs, Prepared
 from bot.storage import JobRecord
 from cogs import buttons, rendering
@@ -113,7 +113,7 @@ class JobFlow(commands.Cog):
         self.bot = bot
         self._gate: LimitGate | None = None
         # Downloads + preparation at once: more would only hold pictures in memory while waiting for a CPU.
-        self._preparing = asyncio.Semaphore(2 * (os.cpu_count() or 1))
+        self._preparing = asyncio.Semaphore(2 * usable_cpus())
         self._background: set[asyncio.Task[Any]] = set()
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
