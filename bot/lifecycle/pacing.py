@@ -9,8 +9,6 @@ one on average.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from bot.providers.base import Status
 
 # Poll this long after the latest end: covers the clocks' noise (the window already allows for the request's
@@ -27,18 +25,18 @@ _PROBE_WIDTH = 0.04
 _MAX_SHIFT = 0.5
 
 
-@dataclass
 class Pace:
     """Where a running job's end is headed, from its readings (clock times throughout)."""
 
-    started: float  # when the provider got the job: the first reading's progress counts from here
-    _last: tuple[float, float] | None = None  # (time, progress) of the last reading that moved
-    _guess: float | None = None  # the end extrapolated from two readings, for providers that tell no pace
-    _soonest: float = 0.0
-    _latest: float | None = None  # the window (_soonest, _latest], when the provider tells its pace
-    _step: float = 0.0  # one step at that pace: the width of a single reading's window
-    _probed: bool = False  # the window had its probe (one per window: bounds the requests it may add)
-    _read_at: float = 0.0
+    def __init__(self, started: float) -> None:
+        self.started = started  # when the provider got the job: the first reading's progress counts from here
+        self._last: tuple[float, float] | None = None  # (time, progress) of the last reading that moved
+        self._guess: float | None = None  # the end extrapolated from two readings, for providers that tell no pace
+        self._soonest = 0.0
+        self._latest: float | None = None  # the window (_soonest, _latest], when the provider tells its pace
+        self._step = 0.0  # one step at that pace: the width of a single reading's window
+        self._probed = False  # the window had its probe (one per window: bounds the requests it may add)
+        self._read_at = 0.0
 
     def read(self, sent: float, received: float, status: Status) -> None:
         """Take in a fresh reading, asked for at `sent` and answered at `received` (the provider looked at the job
