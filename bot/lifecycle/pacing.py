@@ -18,8 +18,9 @@ MARGIN = 0.01
 # request and tells little.
 _MIN_POLL = 0.25
 # A probe in the middle of the window costs half a request on average (none when the job was already done) and
-# cuts the expected lateness by a quarter of the width: worth it from this width on, once per window.
-_PROBE_WIDTH = 0.04
+# cuts the expected lateness by a quarter of the width: worth it from this width on, at most this often per window.
+_PROBE_WIDTH = 0.03
+_PROBES = 2
 # A regular poll may move this much later to the moment its reading halves the window: the percentage shown stays
 # within the poll cap plus this.
 _MAX_SHIFT = 0.5
@@ -35,7 +36,7 @@ class Pace:
         self._soonest = 0.0
         self._latest: float | None = None  # the window (_soonest, _latest], when the provider tells its pace
         self._step = 0.0  # one step at that pace: the width of a single reading's window
-        self._probed = False  # the window had its probe (one per window: bounds the requests it may add)
+        self._probes = 0  # probes of the current window (at most _PROBES: bounds the requests they add)
         self._read_at = 0.0
 
     def read(self, sent: float, received: float, status: Status) -> None:
@@ -52,7 +53,7 @@ class Pace:
         if self._latest is not None and soonest < self._latest and latest > self._soonest:
             soonest, latest = max(soonest, self._soonest), min(latest, self._latest)
         else:  # the first window, or one disjoint from the last: the pace changed, this reading alone holds
-            self._probed = False
+            self._probes = 0
         self._soonest, self._latest = soonest, latest
 
     def _extrapolate(self, now: float, progress: float | None) -> None:
@@ -79,8 +80,8 @@ class Pace:
             return planned  # overdue: the pace was not kept; the beat finds out
         middle = (self._soonest + self._latest) / 2
         if self._latest + MARGIN <= planned:  # it ends before the next regular poll: find the end
-            if self._latest - self._soonest > _PROBE_WIDTH and middle > now and not self._probed:
-                self._probed = True
+            if self._latest - self._soonest > _PROBE_WIDTH and middle > now and self._probes < _PROBES:
+                self._probes += 1
                 return middle
             return self._latest + MARGIN
         # A reading at time t cuts the window where the end is a whole number of steps after t: move the regular

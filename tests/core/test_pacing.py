@@ -72,13 +72,15 @@ def test_readings_narrow_the_window_and_a_changed_pace_starts_again() -> None:
     assert pace.ends_by() == pytest.approx(2.0 + (28 - 13) * 0.15)
 
 
-def test_a_wide_window_is_probed_in_its_middle_before_the_end_poll() -> None:
-    job = SteppedJob(begins=0.02, steps=28, step=0.1)  # ends at 2.82
+def test_a_wide_window_is_probed_in_its_middle_at_most_twice_before_the_end_poll() -> None:
+    job = SteppedJob(begins=0.08, steps=28, step=0.16)  # ends at 4.56
     pace = Pace(0.0)
-    pace.read(1.05, 1.05, job.look(1.05))  # 10 done, the 11th under way: ends within (2.75, 2.85]
-    assert pace.next_poll(planned=3.0, now=1.1) == pytest.approx(2.80)
-    pace.read(2.80, 2.80, job.look(2.80))  # the 28th under way: (2.75, 2.85] ∩ (2.80, 2.90]
-    assert pace.next_poll(planned=4.0, now=2.80) == pytest.approx(2.85 + MARGIN)  # 50 ms wide, but probed once
+    pace.read(1.05, 1.05, job.look(1.05))  # 6 done, the 7th under way: ends within (4.41, 4.57]
+    assert pace.next_poll(planned=5.0, now=1.1) == pytest.approx(4.49)
+    pace.read(4.49, 4.49, job.look(4.49))  # the 28th under way: (4.41, 4.57] ∩ (4.49, 4.65]
+    assert pace.next_poll(planned=5.0, now=4.49) == pytest.approx(4.53)  # 80 ms wide: probed again
+    pace.read(4.53, 4.53, job.look(4.53))  # still the 28th: (4.49, 4.57] ∩ (4.53, 4.69]
+    assert pace.next_poll(planned=5.0, now=4.53) == pytest.approx(4.57 + MARGIN)  # 40 ms wide, but probed twice
 
 
 def test_a_regular_poll_moves_later_to_halve_the_window() -> None:
