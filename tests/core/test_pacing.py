@@ -31,7 +31,7 @@ class SteppedJob:
                       ends_in=Window((left - 1) * self.step, left * self.step))
 
 
-def run(job: SteppedJob, first_poll: float, beat: list[float]) -> tuple[float, int]:
+def run(job: SteppedJob, first_poll: float, beat: list[float], latency: float = LATENCY) -> tuple[float, int]:
     """Poll `job` as the runner does (the regular beat, moved by `Pace.next_poll`): when its end was seen, and after
     how many polls."""
     pace = Pace(0.0)
@@ -39,8 +39,8 @@ def run(job: SteppedJob, first_poll: float, beat: list[float]) -> tuple[float, i
     at = first_poll
     while True:
         polls += 1
-        status = job.look(at + LATENCY / 2)
-        received = at + LATENCY
+        status = job.look(at + latency / 2)
+        received = at + latency
         if status.state.terminal:
             return received, polls
         pace.read(at, received, status)
@@ -134,3 +134,29 @@ def test_the_end_is_found_within_a_fraction_of_a_step_with_no_more_polls(duratio
     assert max(late) <= step + MARGIN + LATENCY
     if duration == 10.0:
         assert max(polls) <= 6
+
+
+@pytest.mark.parametrize("latency", [0.01, 0.03, 0.08])
+def test_a_longer_job_gets_no_more_polls_than_the_beat_however_slow_the_network(latency: float) -> None:
+    """Only a short job's window is probed: a 10 s job keeps the plain beat's 6 polls (1, 2.6, 4.6, 6.6, 8.6 s and
+    its end) even when each request takes long enough to keep its window wide."""
+    rng = random.Random(5)
+    for _ in range(400):
+        job = SteppedJob(begins=rng.uniform(-0.03, 0.05), steps=28, step=10.0 / 28)
+        seen, count = run(job, first_poll=1.0, beat=BEAT, latency=latency)
+        assert seen >= job.ends and count <= 6
+
+
+def test_a_window_wide_only_by_a_slow_reading_gets_no_probe() -> None:
+    """A probe cuts the window where the provider looked, somewhere in its flight: a window hardly wider than the
+    last reading's flight is not narrowed by one, so none is sent (a slow network would pay for nothing)."""
+    job = SteppedJob(begins=0.0, steps=28, step=0.02)  # 20 ms steps: the flight, 60 ms, dominates the window
+    pace = Pace(0.0)
+    pace.read(0.30, 0.36, job.look(0.33))
+    ends_by = pace.ends_by()
+    assert ends_by == pytest.approx(0.60)  # 12 steps left: within (0.30 + 0.22, 0.36 + 0.24], 80 ms wide
+    assert pace.next_poll(planned=2.0, now=0.36) == pytest.approx(ends_by + MARGIN)
+    fast = Pace(0.0)
+    fast.read(0.33, 0.33, SteppedJob(begins=0.0, steps=28, step=0.08).look(0.33))  # 80 ms wide by its steps
+    fast_ends_by = fast.ends_by()
+    assert fast_ends_by is not None and fast.next_poll(planned=3.0, now=0.33) < fast_ends_by
