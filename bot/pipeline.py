@@ -307,8 +307,9 @@ def finish(
                 results.append(result if size is None else fit_result(size, result))
             del result
         pictures = ground.filled if ground.filled is not None else results
-    transparent = any(pictures[i].mode == "RGBA" for i in range(len(pictures)))
-    fmt = delivery_format(request, inputs.original, transparent=transparent)
+    # The pictures' modes without taking them: each item of a `Filled` pastes its result into the picture.
+    modes = {ground.filled.mode} if ground.filled is not None else {result.mode for result in results}
+    fmt = delivery_format(request, inputs.original, transparent="RGBA" in modes)
     encoded, notices = fit_under(pictures, fmt, request.delivery.output_quality, max_total_bytes, png=ground.png)
     kind = request.spec.operation
     images = tuple(

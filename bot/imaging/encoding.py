@@ -75,7 +75,7 @@ def encode(image: Image.Image, fmt: str, *, quality: int = 90) -> bytes:
     if image.mode not in ("RGB", "RGBA", "L"):
         image = image.convert("RGBA" if image.has_transparency_data else "RGB")
     if fmt == "png":
-        return _png(image)
+        return png_bytes(image)
     return _save(image, "WEBP", quality=quality, method=_WEBP_METHOD)
 
 
@@ -109,7 +109,7 @@ def encode_mask(mask: Image.Image) -> bytes:
     """PNG in mode L: a lossless mask, since JPEG artefacts would turn into grey, half-repainted edges."""
     if mask.mode != "L":
         mask = mask.convert("L")
-    return _png(mask)
+    return png_bytes(mask)
 
 
 def fit_under(
@@ -199,19 +199,16 @@ def _encode_all(
     out: list[Encoded] = []
     total = 0
     for index in range(len(images)):
-        image = images[index]
-        if png is not None and fmt == "png":
-            out.append(Encoded(png.png_bytes(image), fmt, image.size))
-        else:
-            out.append(_encoded(image, fmt, quality))
+        out.append(_encoded(images[index], fmt, quality, png))
         total += len(out[-1].data)
         if cap is not None and total > cap:
             return None
     return out
 
 
-def _encoded(image: Image.Image, fmt: str, quality: int) -> Encoded:
-    return Encoded(encode(image, fmt, quality=quality), fmt, image.size)
+def _encoded(image: Image.Image, fmt: str, quality: int, png: FixedRows | None = None) -> Encoded:
+    data = png.png_bytes(image) if png is not None and fmt == "png" else encode(image, fmt, quality=quality)
+    return Encoded(data, fmt, image.size)
 
 
 def _total(encoded: Sequence[Encoded]) -> int:
@@ -224,11 +221,6 @@ def _format(fmt: str) -> str:
     if name not in FORMATS:
         raise ValueError(f"unknown image format {fmt!r}; expected one of {FORMATS}")
     return name
-
-
-def _png(image: Image.Image) -> bytes:
-    """A metadata-free PNG of an RGB, RGBA or L image (png.py)."""
-    return png_bytes(image)
 
 
 def _save(image: Image.Image, pil_format: str, **params: Any) -> bytes:

@@ -347,6 +347,32 @@ async def test_the_job_is_sent_without_waiting_for_its_preview(
         assert not h.errors
 
 
+async def test_a_preview_that_cannot_be_drawn_leaves_only_the_picture_out(
+    make_bot, fake_replicate: FakeReplicate, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The preview is a nicety drawn after the job is sent: if drawing it fails, the job still runs and is
+    delivered, the first reply has no picture, and the failure is logged."""
+    bot: FillBot = make_bot(**replicate_env(fake_replicate))
+
+    def broken(image: Image.Image, mask: Image.Image) -> bytes:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pipeline, "mask_preview", broken)
+    async with running(bot) as h:
+        sent = await h.dispatch(h.slash("fill", {"prompt": "a croissant", "provider": "replicate"}, attachments={
+            "image": ("photo.jpg", (TESTDATA / "photo_coffee_1024x768.jpg").read_bytes(), "image/jpeg"),
+            "mask": ("mask.png", (TESTDATA / "mask_coffee_1024x768_ellipse.png").read_bytes(), "image/png"),
+        }))
+        message = await final_reply(h, sent)
+        assert message.embeds[0]["title"].startswith("✅"), message.text
+        assert fake_replicate.count("POST", "create") == 1
+        assert "mask-preview.jpg" not in [file.filename for request in h.responses(sent) for file in request.files]
+        logged = [r for r in caplog.records if r.name == "bot.service" and r.levelno == logging.ERROR]
+        assert [r.getMessage() for r in logged] == ["could not draw a job's preview"]
+        assert logged[0].exc_info is not None and isinstance(logged[0].exc_info[1], OSError)
+        assert not h.errors
+
+
 async def test_edit_with_bfl_kontext(make_bot) -> None:
     async with FakeBFL(duration=0.2) as fake:
         bot: FillBot = make_bot(BFL_API_KEY=fake.key, BFL_BASE_URL=fake.base_url)
