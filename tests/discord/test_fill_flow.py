@@ -322,6 +322,17 @@ async def test_replicate_is_asked_for_the_result_format_the_delivery_needs(
         assert not h.errors
 
 
+async def croissant_on_the_coffee_photo(h: DiscordHarness) -> Dispatched:
+    """/fill on the coffee photo with its ellipse mask, on Replicate, until a successful final reply."""
+    sent = await h.dispatch(h.slash("fill", {"prompt": "a croissant", "provider": "replicate"}, attachments={
+        "image": ("photo.jpg", (TESTDATA / "photo_coffee_1024x768.jpg").read_bytes(), "image/jpeg"),
+        "mask": ("mask.png", (TESTDATA / "mask_coffee_1024x768_ellipse.png").read_bytes(), "image/png"),
+    }))
+    message = await final_reply(h, sent)
+    assert message.embeds[0]["title"].startswith("✅"), message.text
+    return sent
+
+
 async def test_the_job_is_sent_without_waiting_for_its_preview(
     make_bot, fake_replicate: FakeReplicate, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -337,13 +348,9 @@ async def test_the_job_is_sent_without_waiting_for_its_preview(
 
     monkeypatch.setattr(pipeline, "mask_preview", after_the_create)
     async with running(bot) as h:
-        sent = await h.dispatch(h.slash("fill", {"prompt": "a croissant", "provider": "replicate"}, attachments={
-            "image": ("photo.jpg", (TESTDATA / "photo_coffee_1024x768.jpg").read_bytes(), "image/jpeg"),
-            "mask": ("mask.png", (TESTDATA / "mask_coffee_1024x768_ellipse.png").read_bytes(), "image/png"),
-        }))
-        message = await final_reply(h, sent)
-        assert message.embeds[0]["title"].startswith("✅"), message.text
-        assert "mask-preview.jpg" in [file.filename for request in h.responses(sent) for file in request.files]
+        sent = await croissant_on_the_coffee_photo(h)
+        previews = [file.filename for request in h.responses(sent) for file in request.files]
+        assert "mask-preview.jpg" in previews
         assert not h.errors
 
 
@@ -359,14 +366,10 @@ async def test_a_preview_that_cannot_be_drawn_leaves_only_the_picture_out(
 
     monkeypatch.setattr(pipeline, "mask_preview", broken)
     async with running(bot) as h:
-        sent = await h.dispatch(h.slash("fill", {"prompt": "a croissant", "provider": "replicate"}, attachments={
-            "image": ("photo.jpg", (TESTDATA / "photo_coffee_1024x768.jpg").read_bytes(), "image/jpeg"),
-            "mask": ("mask.png", (TESTDATA / "mask_coffee_1024x768_ellipse.png").read_bytes(), "image/png"),
-        }))
-        message = await final_reply(h, sent)
-        assert message.embeds[0]["title"].startswith("✅"), message.text
+        sent = await croissant_on_the_coffee_photo(h)
+        previews = [file.filename for request in h.responses(sent) for file in request.files]
         assert fake_replicate.count("POST", "create") == 1
-        assert "mask-preview.jpg" not in [file.filename for request in h.responses(sent) for file in request.files]
+        assert "mask-preview.jpg" not in previews
         logged = [r for r in caplog.records if r.name == "bot.service" and r.levelno == logging.ERROR]
         assert [r.getMessage() for r in logged] == ["could not draw a job's preview"]
         assert logged[0].exc_info is not None and isinstance(logged[0].exc_info[1], OSError)
